@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create .venv when it is missing and install everything: Python packages (with the pins in
+# constraints.txt) and, through `tools/device.py setup`, the apt packages (g++-aarch64-linux-gnu,
+# qemu-user-static) and the emulated aarch64 TVM device.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := build/demo
+
+.PHONY: demo test install device bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+device: $(STAMP)
+	$(PY) tools/device.py setup
+
+# Built-in example CNN -> ONNX -> passes -> arm_cpu library -> run on the emulated aarch64 device over RPC.
+demo: device
+	$(PY) tools/zoo.py tiny -o $(DEMO)/tiny.onnx
+	$(PY) tools/compile.py $(DEMO)/tiny.onnx --target arm_cpu -o $(DEMO)/arm_cpu
+	$(PY) tools/device.py start
+	$(PY) tools/run.py $(DEMO)/arm_cpu --rpc 127.0.0.1:9190:arm64-qemu --check; \
+		status=$$?; $(PY) tools/device.py stop; exit $$status
+
+test: device
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,57 @@
+"""The one way through: an imported onnx-ir model -> the pass pipeline -> a TVM build for a target.
+
+    model = load_onnx("model.onnx")                      # or from_torch(module, example_inputs)
+    result = compile_model(model, "arm_cpu", passes="default,my-pass")
+    result.save("build/")                                # model.onnx, model.so, report.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+import tvm
+
+from edgesparse.backends.artefact import Artefact, make_report, write_artefact
+from edgesparse.backends.runner import run_vm
+from edgesparse.backends.targets import resolve_target
+from edgesparse.backends.tvm_build import TVMBuild, build
+from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.pipeline import DEFAULT_PASSES, expand_pass_names, run_pipeline
+
+
+@dataclasses.dataclass
+class CompileResult:
+    optimized: ir.Model
+    build: TVMBuild
+    report: dict
+
+    def save(self, out_dir: str | os.PathLike) -> Artefact:
+        return Artefact(write_artefact(out_dir, self.optimized, self.build, self.report))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the build in this process; only host builds (``llvm``) can run here."""
+        if self.build.spec.name != "llvm":
+            raise EdgesparseError(f"a {self.build.spec.name} build cannot run on this host: save it and use run.py --rpc")
+        names = [entry["name"] for entry in self.report["inputs"]]
+        outputs = run_vm(self.build.executable, tvm.cpu(0), [inputs[name] for name in names])
+        return dict(zip(self.report["outputs"], outputs))
+
+
+def compile_model(
+    model: ir.Model,
+    target: str = "llvm",
+    *,
+    device: str | None = None,
+    passes: Sequence[str] | str = DEFAULT_PASSES,
+    debug: bool = False,
+) -> CompileResult:
+    """Runs the passes on a copy of ``model`` (which is left as it was) and builds the result."""
+    spec = resolve_target(target, device)
+    pass_names = expand_pass_names(passes)
+    optimized = run_pipeline(model.clone(), pass_names, debug=debug)
+    tvm_build = build(optimized, spec)
+    return CompileResult(optimized, tvm_build, make_report(model, optimized, pass_names, tvm_build))

@@ -1,0 +1,49 @@
+"""Runs a compiled library with TVM's VirtualMachine, on this host or on a device over RPC.
+
+One code path for both: ``set_input`` / ``invoke_stateful`` / ``get_outputs``, because over RPC a
+tuple result of ``vm["main"](...)`` cannot be read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.runtime.vm import VirtualMachine
+
+from edgesparse.backends.rpc import RPCAddress, request_session
+
+_DEVICES = {"cpu": "cpu", "opencl": "cl", "cuda": "cuda"}
+
+
+def _device(session, runtime_device: str):
+    """``session`` is the ``tvm`` module for local devices or an RPC session for remote ones."""
+    return getattr(session, _DEVICES[runtime_device])(0)
+
+
+def run_vm(library: tvm.runtime.Module, device, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    vm = VirtualMachine(library, device)
+    vm.set_input("main", *[tvm.runtime.tensor(array, device) for array in inputs])
+    vm.invoke_stateful("main")
+    outputs = vm.get_outputs("main")
+    if isinstance(outputs, tvm.runtime.Tensor):
+        outputs = [outputs]
+    return [output.numpy() for output in outputs]
+
+
+def run_library(
+    library_path: str | os.PathLike,
+    runtime_device: str,
+    inputs: Sequence[np.ndarray],
+    rpc_address: RPCAddress | None = None,
+) -> list[np.ndarray]:
+    """Runs ``main`` of the exported library on the inputs (in graph order); returns outputs in order."""
+    if rpc_address is None:
+        return run_vm(tvm.runtime.load_module(os.fspath(library_path)), _device(tvm, runtime_device), inputs)
+    session = request_session(rpc_address)
+    session.upload(os.fspath(library_path))
+    library = session.load_module(Path(library_path).name)
+    return run_vm(library, _device(session, runtime_device), inputs)

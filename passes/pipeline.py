@@ -1,0 +1,52 @@
+"""A pipeline is a list of registered pass names run by onnx-ir's PassManager.
+
+``"default"`` in a list of names stands for :data:`DEFAULT_PASSES`, so ``--passes default,my-pass``
+runs the clean-up and then a user's pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from edgesparse.passes import cleanup  # noqa: F401  (registers the clean-up passes)
+from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.registry import create_pass
+from edgesparse.passes.verify import VerifiedPass
+
+DEFAULT_PASSES = ("lift-constants", "fold-constants", "fold-batchnorm", "remove-unused", "shape-inference")
+
+
+def expand_pass_names(names: Sequence[str] | str) -> list[str]:
+    """Splits a comma list and expands ``default``."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    expanded: list[str] = []
+    for name in names:
+        expanded.extend(DEFAULT_PASSES if name == "default" else [name])
+    return expanded
+
+
+def build_pipeline(names: Sequence[str] | str = DEFAULT_PASSES, *, debug: bool = False) -> ir.passes.PassManager:
+    """One PassManager step over the named passes; in debug mode each is wrapped in :class:`VerifiedPass`."""
+    passes = []
+    for name in expand_pass_names(names):
+        pass_ = create_pass(name)
+        passes.append(VerifiedPass(pass_, name) if debug else pass_)
+    if not passes:
+        raise EdgesparseError("the pass list is empty")
+    return ir.passes.PassManager(passes, steps=1)
+
+
+def run_pipeline(model: ir.Model, names: Sequence[str] | str = DEFAULT_PASSES, *, debug: bool = False) -> ir.Model:
+    """Runs the pipeline; an :class:`EdgesparseError` raised inside a pass comes out as itself."""
+    try:
+        return build_pipeline(names, debug=debug)(model).model
+    except ir.passes.PassError as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, EdgesparseError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None

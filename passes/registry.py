@@ -1,0 +1,63 @@
+"""Named passes: ``register_pass("name")`` makes a pass usable by name in a pipeline and in ``--passes``.
+
+A registered object is a factory: a ``PassBase`` subclass or any callable returning a pass instance,
+called with the options given to :func:`create_pass`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx_ir as ir
+
+from edgesparse.passes.errors import EdgesparseError
+
+PassFactory = Callable[..., ir.passes.PassBase]
+
+_REGISTRY: dict[str, PassFactory] = {}
+
+
+def register_pass(name: str, *, replace: bool = False) -> Callable[[PassFactory], PassFactory]:
+    """Decorator: registers a pass class or factory under ``name``."""
+
+    def decorator(factory: PassFactory) -> PassFactory:
+        if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
+            raise EdgesparseError(f"pass {name!r} is already registered (by {_REGISTRY[name]!r})")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def create_pass(name: str, **options) -> ir.passes.PassBase:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise EdgesparseError(f"unknown pass {name!r} (registered: {', '.join(registered_passes())})") from None
+    return factory(**options)
+
+
+def registered_passes() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_plugin(spec: str) -> None:
+    """Imports a user's module (a dotted module name or a ``.py`` file) so that its passes register."""
+    if spec.endswith(".py"):
+        path = Path(spec)
+        if not path.is_file():
+            raise EdgesparseError(f"--plugin {spec}: no such file")
+        module_name = f"edgesparse_plugin_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise EdgesparseError(f"--plugin {spec}: {exc}") from None

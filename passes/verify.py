@@ -1,0 +1,66 @@
+"""Debug mode: wrap every pass so that its result is checked before the next one runs.
+
+After the wrapped pass: the ONNX checker (full check, with shape inference), and the model's outputs in
+ONNX Runtime compared with those of the model before the pass on the same random inputs. A pass that
+breaks either raises :class:`EdgesparseError` naming the pass. The wrapper itself preserves everything
+the wrapped pass preserves and declares the same in-place behaviour.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+
+from edgesparse.passes.errors import EdgesparseError
+
+DEFAULT_RTOL = 1e-4
+
+
+def checker_problem(proto: onnx.ModelProto) -> str | None:
+    """The first line of what the full ONNX checker (with strict shape inference) finds, or None."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+class VerifiedPass(ir.passes.PassBase):
+    def __init__(self, inner: ir.passes.PassBase, name: str, *, rtol: float = DEFAULT_RTOL, seed: int = 0):
+        self.inner = inner
+        self.name = name
+        self.rtol = rtol
+        self.seed = seed
+
+    @property
+    def in_place(self) -> bool:
+        return self.inner.in_place
+
+    @property
+    def changes_input(self) -> bool:
+        return self.inner.changes_input
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # Imported here: backends depend on passes, not the other way round, outside debug mode.
+        from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+
+        before = ir.serde.serialize_model(model)
+        inputs = random_inputs(model, self.seed)
+        expected = run_onnxruntime(before, inputs)
+        result = self.inner(model)
+        after = ir.serde.serialize_model(result.model)
+        problem = checker_problem(after)
+        # Blame the pass only for what it broke: some real models fail the full check (e.g. outputs
+        # whose shapes were never recorded) before any pass runs.
+        if problem and not checker_problem(before):
+            raise EdgesparseError(f"pass {self.name!r} produced an invalid model: {problem}")
+        actual = run_onnxruntime(after, inputs)
+        for output_name, reference in expected.items():
+            if output_name not in actual:
+                raise EdgesparseError(f"pass {self.name!r} removed graph output {output_name!r}")
+            error = max_relative_error(actual[output_name], reference)
+            if error > self.rtol:
+                raise EdgesparseError(
+                    f"pass {self.name!r} changed output {output_name!r}: max relative error {error:.3g} > {self.rtol:g}"
+                )
+        return result

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Compile an ONNX model: passes, then a TVM build for a target, written as an artefact directory.
+
+    python tools/compile.py model.onnx --target arm_cpu -o build/
+    python tools/compile.py model.onnx --target llvm --passes default,my-pass --plugin my_passes.py -o build/
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from _cli import run_main
+
+from edgesparse.backends import TARGET_NAMES, compile_model
+from edgesparse.frontends import load_onnx, set_input_shapes
+from edgesparse.passes import EdgesparseError, load_plugin, registered_passes
+
+
+def parse_shape(text: str) -> tuple[str, list[int]]:
+    name, _, dims = text.rpartition("=")
+    try:
+        return name, [int(dim) for dim in dims.split(",")]
+    except ValueError:
+        raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="an .onnx file (opset 13+, older ones are upgraded)")
+    parser.add_argument("--target", required=True, help=f"one of {', '.join(TARGET_NAMES)}")
+    parser.add_argument("--device", help="TVM target tag: an aarch64 board for arm_cpu/mali (default arm/rasp4b64), an sm_XX arch or nvidia/... tag for cuda")
+    parser.add_argument("-o", "--output", required=True, help="artefact directory (model.onnx, model.so, report.json)")
+    parser.add_argument("--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline")
+    parser.add_argument("--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)")
+    parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
+    parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
+    args = parser.parse_args()
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    if args.list_passes:
+        print("\n".join(registered_passes()))
+        return 0
+    model = load_onnx(args.model)
+    if args.input_shape:
+        model = set_input_shapes(model, dict(args.input_shape))
+    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug)
+    artefact = result.save(args.output)
+    report = result.report
+    print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))
+    print(f"passes {', '.join(report['passes'])}")
+    print(f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> {report['params_after']:,}")
+    print(f"wrote {artefact.directory}/: {', '.join(sorted(path.name for path in artefact.directory.iterdir()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

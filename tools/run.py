@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Run a compiled artefact directory on this host or on a device through an RPC tracker.
+
+    python tools/run.py build/ --inputs x.npz -o y.npz
+    python tools/run.py build/ --rpc 127.0.0.1:9190:arm64-qemu --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from _cli import run_main, set_tvm_threads
+
+from edgesparse.backends import Artefact
+from edgesparse.backends.artefact import MODEL_FILE
+from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+from edgesparse.backends.rpc import RPCAddress
+from edgesparse.frontends import load_onnx
+from edgesparse.passes import EdgesparseError
+
+
+def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise EdgesparseError(f"--inputs {path}: no such file")
+    try:
+        with np.load(path) as archive:
+            arrays = dict(archive)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise EdgesparseError(f"--inputs {path}: not an .npz archive ({exc})") from None
+    # np.savez(path, array) names its one array arr_0: accept that for a one-input model.
+    if len(arrays) == 1 and len(input_names) == 1 and input_names[0] not in arrays:
+        return {input_names[0]: next(iter(arrays.values()))}
+    return arrays
+
+
+def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    """Writes the .npz next to its final name first, so an interrupted run leaves no partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(handle)
+    try:
+        np.savez(staging, **outputs)
+        os.replace(staging, path)
+    finally:
+        Path(staging).unlink(missing_ok=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artefact", help="a directory written by tools/compile.py")
+    parser.add_argument("--inputs", type=Path, help=".npz with one array per model input, by input name (default: seeded random inputs)")
+    parser.add_argument("-o", "--output", type=Path, help=".npz to write the outputs to, by output name")
+    parser.add_argument("--rpc", type=RPCAddress.parse, help="HOST:PORT:KEY of an RPC tracker and device key (default: run on this host)")
+    parser.add_argument("--check", action="store_true", help="compare with ONNX Runtime on the artefact's model.onnx and print the max relative error")
+    args = parser.parse_args()
+
+    set_tvm_threads()
+    artefact = Artefact(args.artefact)
+    inputs = load_inputs(args.inputs, artefact.input_names) if args.inputs else None
+    model = load_onnx(artefact.directory / MODEL_FILE) if args.check or inputs is None else None
+    if inputs is None:
+        inputs = random_inputs(model)
+    outputs = artefact.run(inputs, args.rpc)
+    where = f"device {args.rpc}" if args.rpc else "this host"
+    for name, value in outputs.items():
+        print(f"output {name}: shape {list(value.shape)} on {where}")
+    if args.check:
+        reference = run_onnxruntime(model, inputs)
+        for name, value in outputs.items():
+            print(f"max relative difference to ONNX Runtime, {name}: {max_relative_error(value, reference[name]):.3g}")
+    report = artefact.report
+    print(f"MACs {report['macs_after']:,} (before passes {report['macs_before']:,})")
+    if args.output:
+        save_outputs(args.output, outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
