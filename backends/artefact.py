@@ -26,11 +26,17 @@ from edgesparse.backends.runner import run_library
 from edgesparse.backends.tvm_build import TVMBuild
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.macs import count_macs, count_params
+from edgesparse.passes.report import recorded_reports
 
 MODEL_FILE = "model.onnx"
 LIBRARY_FILE = "model.so"
 REPORT_FILE = "report.json"
 GPU_SOURCE_FILES = {"opencl": "model.cl", "cuda": "model.cu"}
+
+
+def pass_reports(model: ir.Model) -> dict:
+    """What passes recorded for the report (see :func:`edgesparse.passes.report.record`)."""
+    return {key: json.loads(text) for key, text in recorded_reports(model).items()}
 
 
 def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], build: TVMBuild) -> dict:
@@ -48,6 +54,7 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "params_before": count_params(original),
         "params_after": count_params(optimized),
         "nodes": [{"name": entry.name, "op_type": entry.op_type, "macs": entry.macs} for entry in nodes],
+        **pass_reports(optimized),
     }
 
 

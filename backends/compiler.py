@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -48,10 +49,11 @@ def compile_model(
     device: str | None = None,
     passes: Sequence[str] | str = DEFAULT_PASSES,
     debug: bool = False,
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CompileResult:
     """Runs the passes on a copy of ``model`` (which is left as it was) and builds the result."""
     spec = resolve_target(target, device)
     pass_names = expand_pass_names(passes)
-    optimized = run_pipeline(model.clone(), pass_names, debug=debug)
+    optimized = run_pipeline(model.clone(), pass_names, debug=debug, pass_options=pass_options)
     tvm_build = build(optimized, spec)
     return CompileResult(optimized, tvm_build, make_report(model, optimized, pass_names, tvm_build))

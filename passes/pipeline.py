@@ -6,7 +6,8 @@ runs the clean-up and then a user's pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import onnx_ir as ir
 
@@ -28,21 +29,36 @@ def expand_pass_names(names: Sequence[str] | str) -> list[str]:
     return expanded
 
 
-def build_pipeline(names: Sequence[str] | str = DEFAULT_PASSES, *, debug: bool = False) -> ir.passes.PassManager:
-    """One PassManager step over the named passes; in debug mode each is wrapped in :class:`VerifiedPass`."""
+def build_pipeline(
+    names: Sequence[str] | str = DEFAULT_PASSES,
+    *,
+    debug: bool = False,
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ir.passes.PassManager:
+    """One PassManager step over the named passes; in debug mode each is wrapped in :class:`VerifiedPass`.
+
+    ``pass_options`` maps a pass name to the keyword arguments of its factory (e.g. a mask file).
+    """
+    pass_options = pass_options or {}
     passes = []
     for name in expand_pass_names(names):
-        pass_ = create_pass(name)
+        pass_ = create_pass(name, **pass_options.get(name, {}))
         passes.append(VerifiedPass(pass_, name) if debug else pass_)
     if not passes:
         raise EdgesparseError("the pass list is empty")
     return ir.passes.PassManager(passes, steps=1)
 
 
-def run_pipeline(model: ir.Model, names: Sequence[str] | str = DEFAULT_PASSES, *, debug: bool = False) -> ir.Model:
+def run_pipeline(
+    model: ir.Model,
+    names: Sequence[str] | str = DEFAULT_PASSES,
+    *,
+    debug: bool = False,
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ir.Model:
     """Runs the pipeline; an :class:`EdgesparseError` raised inside a pass comes out as itself."""
     try:
-        return build_pipeline(names, debug=debug)(model).model
+        return build_pipeline(names, debug=debug, pass_options=pass_options)(model).model
     except ir.passes.PassError as exc:
         cause = exc.__cause__
         while cause is not None and not isinstance(cause, EdgesparseError):
