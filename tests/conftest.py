@@ -1,0 +1,65 @@
+"""Shared test helpers: the example models, the CLI runner and the emulated aarch64 device."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import pytest
+
+from edgesparse.backends.emulated_device import EmulatedArmDevice
+from edgesparse.frontends.third_party import rapidocr_classifier
+from edgesparse.frontends.torch_frontend import from_torch
+from edgesparse.frontends.zoo import build_zoo_model
+
+REPO = Path(__file__).resolve().parents[1]
+# Ports apart from the defaults, so a user's own running device (make demo) does not collide with tests.
+TEST_TRACKER_PORT = 9290
+TEST_SERVER_PORT = 9390
+
+# The four styles of test net and one real third-party ONNX CNN.
+MODEL_NAMES = ["resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls"]
+
+
+@functools.cache
+def _load_model(name: str) -> ir.Model:
+    if name == "rapidocr-cls":
+        return rapidocr_classifier()
+    module, example = build_zoo_model(name)
+    return from_torch(module, example, input_names=["input"], output_names=["output"])
+
+
+def load_model(name: str) -> ir.Model:
+    """A fresh copy of a named test model (cached import, so each test may change its copy)."""
+    return _load_model(name).clone()
+
+
+def save_model(model: ir.Model | onnx.ModelProto, path: Path) -> Path:
+    proto = model if isinstance(model, onnx.ModelProto) else ir.serde.serialize_model(model)
+    onnx.save(proto, path)
+    return path
+
+
+def run_tool(tool: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``tools/<tool>.py`` as a user would; output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def emulated_device():
+    """The qemu aarch64 TVM RPC device (set up by `make test` through tools/device.py setup)."""
+    device = EmulatedArmDevice(REPO / ".device", tracker_port=TEST_TRACKER_PORT, server_port=TEST_SERVER_PORT)
+    if not device.is_set_up():
+        pytest.fail("the emulated aarch64 device is not set up: run `python tools/device.py setup` (make test does)")
+    with device.running(n_servers=1):
+        yield device
