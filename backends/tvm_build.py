@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 
 import onnx_ir as ir
 import tvm
 from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
-from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 from tvm.support import cc
 
-from edgesparse.backends.onnxruntime_ref import input_specs, to_proto
+from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.passes.errors import EdgesparseError
 
@@ -47,28 +44,6 @@ def _module_tree(module: tvm.runtime.Module):
         yield from _module_tree(child)
 
 
-def check_supported_ops(model: ir.Model) -> None:
-    """Names the first node whose op TVM's ONNX importer has no converter for."""
-    supported = _get_convert_map()
-    for node in model.graph:
-        if node.domain not in ("", "ai.onnx") or (node.op_type not in supported and node.op_type != "Constant"):
-            domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            raise EdgesparseError(f"unsupported op {domain}{node.op_type} in node {node.name!r}: TVM's ONNX importer has no converter for it")
-
-
-def import_to_relax(model: ir.Model) -> tvm.IRModule:
-    check_supported_ops(model)
-    specs = input_specs(model)
-    with warnings.catch_warnings():
-        # from_onnx runs the ONNX checker itself and turns its complaints into warnings.
-        warnings.simplefilter("ignore")
-        return from_onnx(
-            to_proto(model),
-            shape_dict={name: list(shape) for name, shape, _ in specs},
-            dtype_dict={name: str(dtype) for name, _, dtype in specs},
-        )
-
-
 def lower(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
     """The target's default Relax pipeline: fusion and legalization; on GPU also dlight schedules."""
     with spec.target:
@@ -86,7 +61,7 @@ def functions_without_kernel(build: TVMBuild) -> list[str]:
 
 
 def build(model: ir.Model, spec: TargetSpec) -> TVMBuild:
-    lowered = lower(import_to_relax(model), spec)
+    lowered = lower(import_to_relax(model, spec.target), spec)
     result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None))
     if spec.is_gpu and (missing := functions_without_kernel(result)):
         raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")

@@ -1,7 +1,7 @@
 """Multiply-accumulate and parameter counts over an ONNX graph (an analysis; it changes nothing).
 
 Needs inferred shapes. Counted ops, per batch element included (N is part of the output shape):
-- Conv: every output element takes (C_in / group) * prod(kernel) MACs; this covers depthwise
+- Conv (and edgesparse::GatedConv, dense): every output element takes (C_in / group) * prod(kernel) MACs; this covers depthwise
   (group == C_in, one input channel per output) and grouped convs.
 - ConvTranspose: every *input* element is scattered to (C_out / group) * prod(kernel) outputs.
 - Gemm / MatMul: prod(output shape) * K, with batch dims of MatMul broadcast into the output shape.
@@ -16,6 +16,7 @@ import math
 import onnx_ir as ir
 
 from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.gated_conv_op import is_gated_conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +34,13 @@ def _static_shape(value: ir.Value, node: ir.Node) -> tuple[int, ...]:
 
 
 def node_macs(node: ir.Node) -> int:
-    if node.domain not in ("", "ai.onnx"):
-        return 0
-    if node.op_type == "Conv":
+    """Dense MACs; a GatedConv counts as its Conv (its effective MACs depend on the input)."""
+    if is_gated_conv(node) or node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
         weight = _static_shape(node.inputs[1], node)  # [C_out, C_in/group, k...]
         out = _static_shape(node.outputs[0], node)
         return math.prod(out) * math.prod(weight[1:])
+    if node.domain not in ("", "ai.onnx"):
+        return 0
     if node.op_type == "ConvTranspose":
         weight = _static_shape(node.inputs[1], node)  # [C_in, C_out/group, k...]
         inp = _static_shape(node.inputs[0], node)

@@ -1,0 +1,238 @@
+"""``featreg``: each FeatReg gate + the Conv reading it becomes one ``edgesparse::GatedConv``.
+
+Gates (each zeroes the elements <= a threshold t, per element):
+    Relu(x)                        t = 0
+    ThresholdedRelu(x, alpha)      t = alpha
+    Where(Greater(x, t), x, 0)     t = a scalar constant (what ``torch.where(x > t, x, 0)`` exports)
+Convs rewritten: 2-D, groups 1 or depthwise, weight and bias constant initializers read by this conv
+only (a shared weight is refused, as onnxscript's rules refuse it), explicit padding.
+
+Thresholds, per gate: as trained; or sparsity level S from the model's metadata ``featreg.levels``
+(``{"0.9": {gate node name: t, ...}, ...}``, written by the FeatReg exporter); or, for a level the
+metadata lacks, calibrated on real inputs: gate by gate in graph order, the S-quantile of the gate's
+input on those inputs with the gates before it already set, never below the trained threshold.
+
+Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
+conv below ``min_sparsity`` (where the gated kernel would be slower than dense) stays gate + Conv.
+
+Preserves the model's outputs exactly at the trained thresholds (GatedConv's body is the gate + Conv);
+a level or calibrated threshold changes them by design. Records the report's ``layers`` (per conv:
+name, op, threshold, input_sparsity, dense_macs, effective_macs) and a ``featreg`` summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE, add_gated_conv_function, is_gated_conv
+from edgesparse.passes.macs import node_macs
+from edgesparse.passes.registry import register_pass
+from edgesparse.passes.report import record
+
+LEVELS_METADATA_KEY = "featreg.levels"
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    node: ir.Node
+    # The pre-gate feature.
+    input: ir.Value
+    threshold: float
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+
+def scalar_constant(value: ir.Value | None) -> float | None:
+    tensor = value.const_value if value is not None else None
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(()))
+
+
+def match_gate(value: ir.Value) -> Gate | None:
+    """The gate producing ``value``, or None."""
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Relu":
+        return Gate(node, node.inputs[0], 0.0)
+    if node.op_type == "ThresholdedRelu":
+        return Gate(node, node.inputs[0], node.attributes.get_float("alpha", 1.0))
+    if node.op_type == "Where":
+        condition, kept, other = node.inputs
+        compare = condition.producer()
+        if compare is None or compare.op_type != "Greater" or compare.inputs[0] is not kept or scalar_constant(other) != 0.0:
+            return None
+        threshold = scalar_constant(compare.inputs[1])
+        return Gate(node, kept, threshold) if threshold is not None else None
+    return None
+
+
+def refusal(conv: ir.Node) -> str | None:
+    """Why ``conv`` cannot become a GatedConv, or None (the rule's check)."""
+    weight = conv.inputs[1]
+    if weight.const_value is None or not weight.is_initializer():
+        return "weight is not a constant initializer"
+    if len(weight.shape) != 4:
+        return f"{len(weight.shape) - 2}-D conv (only 2-D)"
+    for value in conv.inputs[1:]:
+        if value is None:
+            continue
+        others = sorted({user.name for user, _ in value.uses() if user is not conv})
+        if others:
+            return f"{value.name!r} is shared with {', '.join(others)}"
+        if value.const_value is None:
+            return f"{value.name!r} is not constant"
+    if conv.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return "auto_pad padding"
+    group = conv.attributes.get_int("group", 1)
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    if group != 1 and not (in_per_group == 1 and out_channels == group):
+        return f"grouped conv (group {group}) that is not depthwise"
+    return None
+
+
+def gated_conv_node(conv: ir.Node, gate_input: ir.Value, threshold: float, graph: ir.Graph) -> ir.Node:
+    weight = conv.inputs[1]
+    bias = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+    if bias is None:
+        bias = ir.Value(name=f"{conv.name}.zero_bias", const_value=ir.tensor(np.zeros(weight.shape[0], np.float32)))
+        graph.register_initializer(bias)
+    kernel_rank = len(weight.shape) - 2
+    attributes = {
+        "threshold": float(threshold),
+        "strides": conv.attributes.get_ints("strides", [1] * kernel_rank),
+        "pads": conv.attributes.get_ints("pads", [0] * 2 * kernel_rank),
+        "dilations": conv.attributes.get_ints("dilations", [1] * kernel_rank),
+        "group": conv.attributes.get_int("group", 1),
+    }
+    return ir.node(OP_TYPE, [gate_input, weight, bias], attributes, domain=DOMAIN, name=conv.name)
+
+
+def replace_node(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    ir.convenience.replace_nodes_and_values(graph, old, [old], [new], old.outputs, new.outputs)
+
+
+def set_threshold(graph: ir.Graph, gate: Gate, threshold: float) -> Gate:
+    """Gives the gate a new threshold, as the equivalent ThresholdedRelu; returns the new gate."""
+    if threshold == gate.threshold:
+        return gate
+    node = ir.node("ThresholdedRelu", [gate.input], {"alpha": float(threshold)}, name=gate.name)
+    replace_node(graph, gate.node, node)
+    return Gate(node, gate.input, threshold)
+
+
+def gated_convs(graph: ir.Graph) -> list[tuple[ir.Node, Gate]]:
+    """(conv, gate) for every Conv that reads a gate's output, in graph order."""
+    pairs = []
+    for node in graph:
+        if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+            gate = match_gate(node.inputs[0])
+            if gate is not None:
+                pairs.append((node, gate))
+    return pairs
+
+
+def gate_inputs_on(model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each gate's input on every calibration sample (ONNX Runtime), stacked, by gate name."""
+    from edgesparse.backends.onnxruntime_ref import run_onnxruntime
+
+    probe = model.clone()
+    values = {output.name: output for node in probe.graph for output in node.outputs}
+    values.update({value.name: value for value in probe.graph.inputs})
+    wanted = {gate.name: gate.input.name for gate in gates}
+    for value_name in set(wanted.values()):
+        if values[value_name] not in probe.graph.outputs:
+            probe.graph.outputs.append(values[value_name])
+    runs = [run_onnxruntime(probe, sample) for sample in samples]
+    return {gate_name: np.stack([run[value_name] for run in runs]) for gate_name, value_name in wanted.items()}
+
+
+@register_pass("featreg")
+class FeatRegPass(ir.passes.InPlacePass):
+    def __init__(self, sparsity: float | None = None, calibrate: str | os.PathLike | None = None, min_sparsity: float = 0.0, calibration_limit: int = 16):
+        self.sparsity = sparsity
+        self.calibrate = calibrate
+        self.min_sparsity = min_sparsity
+        self.calibration_limit = calibration_limit
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        samples = self.calibration_samples(model)
+        gates = {gate.name: gate for _, gate in gated_convs(graph)}
+        for name, threshold in self.thresholds(model, list(gates.values()), samples).items():
+            gates[name] = set_threshold(graph, gates[name], threshold)
+        pairs = gated_convs(graph)
+        measured = gate_inputs_on(model, [gate for _, gate in pairs], samples) if samples else {}
+
+        layers, modified = [], False
+        for conv, gate in pairs:
+            sparsity = float(np.mean(measured[gate.name] <= gate.threshold)) if gate.name in measured else None
+            dense_macs = node_macs(conv)
+            reason = refusal(conv) or (
+                f"input sparsity {sparsity:.3f} below {self.min_sparsity}" if sparsity is not None and sparsity < self.min_sparsity else None
+            )
+            if reason is None:
+                replace_node(graph, conv, gated_conv_node(conv, gate.input, gate.threshold, graph))
+                modified = True
+            layers.append(
+                {
+                    "name": conv.name,
+                    "op": "Conv" if reason else OP_TYPE,
+                    "gate": gate.name,
+                    "threshold": gate.threshold,
+                    "input_sparsity": sparsity,
+                    "dense_macs": dense_macs,
+                    "effective_macs": dense_macs if reason or sparsity is None else round(dense_macs * (1.0 - sparsity)),
+                    **({"kept_dense_because": reason} if reason else {}),
+                }
+            )
+        if modified:
+            add_gated_conv_function(model)
+            common.RemoveUnusedNodesPass()(model)
+        record(model, "layers", layers)
+        record(model, "featreg", {"sparsity_level": self.sparsity, "calibration_samples": len(samples), "min_sparsity": self.min_sparsity})
+        return ir.passes.PassResult(model, modified)
+
+    def calibration_samples(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        if self.calibrate is None:
+            return []
+        from edgesparse.frontends.calibration import load_calibration_inputs
+
+        return load_calibration_inputs(self.calibrate, model, self.calibration_limit)
+
+    def thresholds(self, model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """gate name -> threshold for the asked level (empty: keep the trained thresholds)."""
+        if self.sparsity is None:
+            return {}
+        levels = json.loads(model.metadata_props.get(LEVELS_METADATA_KEY, "{}"))
+        level = next((thresholds for key, thresholds in levels.items() if np.isclose(float(key), self.sparsity)), None)
+        if level is not None:
+            missing = sorted({gate.name for gate in gates} - set(level))
+            if missing:
+                raise EdgesparseError(f"featreg: level {self.sparsity} in the model's metadata has no threshold for gate(s) {', '.join(missing)}")
+            return {gate.name: float(level[gate.name]) for gate in gates}
+        if not samples:
+            known = ", ".join(sorted(levels)) or "none"
+            raise EdgesparseError(f"featreg: sparsity {self.sparsity} is not among the model's levels ({known}); give --calibrate inputs to calibrate it")
+        return self.calibrated_thresholds(model, gates, samples)
+
+    def calibrated_thresholds(self, model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """Gate by gate in graph order, on a copy that has the earlier gates already set."""
+        probe = model.clone()
+        probe_gates = {gate.name: gate for _, gate in gated_convs(probe.graph)}
+        thresholds = {}
+        for gate in gates:
+            features = gate_inputs_on(probe, [probe_gates[gate.name]], samples)[gate.name]
+            thresholds[gate.name] = max(gate.threshold, float(np.quantile(features, self.sparsity)))
+            probe_gates[gate.name] = set_threshold(probe.graph, probe_gates[gate.name], thresholds[gate.name])
+        return thresholds
