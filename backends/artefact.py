@@ -39,8 +39,17 @@ def pass_reports(model: ir.Model) -> dict:
     return {key: json.loads(text) for key, text in recorded_reports(model).items()}
 
 
+def effective_macs(macs_after: int, layers: list[dict] | None) -> int | None:
+    """MACs with each measured gated layer at its effective count (None without measured layers)."""
+    if not layers or any(layer["input_sparsity"] is None for layer in layers):
+        return None
+    return macs_after - sum(layer["dense_macs"] for layer in layers) + sum(layer["effective_macs"] for layer in layers)
+
+
 def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], build: TVMBuild) -> dict:
     nodes = count_macs(optimized)
+    recorded = pass_reports(optimized)
+    macs_after = sum(entry.macs for entry in nodes)
     return {
         "target": build.spec.name,
         "device": build.spec.device,
@@ -50,11 +59,12 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "inputs": [{"name": name, "shape": list(shape), "dtype": str(dtype)} for name, shape, dtype in input_specs(optimized)],
         "outputs": [value.name for value in optimized.graph.outputs],
         "macs_before": sum(entry.macs for entry in count_macs(original)),
-        "macs_after": sum(entry.macs for entry in nodes),
+        "macs_after": macs_after,
+        "macs_effective": effective_macs(macs_after, recorded.get("layers")),
         "params_before": count_params(original),
         "params_after": count_params(optimized),
         "nodes": [{"name": entry.name, "op_type": entry.op_type, "macs": entry.macs} for entry in nodes],
-        **pass_reports(optimized),
+        **recorded,
     }
 
 

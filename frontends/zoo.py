@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from edgesparse.frontends.featreg_modules import FeatRegEDSR
+
 
 def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = [
@@ -134,6 +136,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mobilenetv2": (MobileNetV2Style, (1, 3, 32, 32)),
     "unet": (UNetStyle, (1, 3, 32, 32)),
     "edsr": (EDSRStyle, (1, 3, 24, 24)),
+    "featreg-edsr": (lambda: FeatRegEDSR(width=32), (1, 3, 24, 24)),
 }
 
 

@@ -175,7 +175,9 @@ class FeatRegPass(ir.passes.InPlacePass):
         measured = gate_inputs_on(model, [gate for _, gate in pairs], samples) if samples else {}
 
         layers, modified = [], False
-        for conv, gate in pairs:
+        for conv, _ in pairs:
+            # Matched again: rewriting an earlier conv replaced values this gate may read.
+            gate = match_gate(conv.inputs[0])
             sparsity = float(np.mean(measured[gate.name] <= gate.threshold)) if gate.name in measured else None
             dense_macs = node_macs(conv)
             reason = refusal(conv) or (

@@ -10,6 +10,7 @@ from torch import nn
 
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.frontends.torch_frontend import from_torch
+from edgesparse.frontends.zoo import build_zoo_model
 from edgesparse.passes import EdgesparseError, run_pipeline
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY
 from edgesparse.passes.report import recorded_reports
@@ -187,3 +188,12 @@ def test_effective_macs_agree_with_an_independent_count_of_nonzeros(tmp_path):
     independent = np.mean(nonzeros) * out_channels * kernel_size  # stride 1, 'same' padding
     assert layer["effective_macs"] == pytest.approx(independent, rel=1e-6)
     assert layer["dense_macs"] == 20 * 20 * 16 * 16 * 9
+
+
+def test_chained_gated_convs_keep_the_graph_valid():
+    """A GatedConv whose gate reads another GatedConv's output (every conv of a FeatReg net)."""
+    module, example = build_zoo_model("featreg-edsr")
+    original = from_torch(module, example, input_names=["input"], output_names=["output"])
+    rewritten = run_pipeline(original.clone(), "default,featreg", debug=True)
+    assert op_types(rewritten).count("GatedConv") == 11  # every conv but the head
+    assert_same_outputs(original, rewritten)

@@ -13,7 +13,7 @@ from _cli import run_main
 
 from edgesparse.backends import TARGET_NAMES, compile_model
 from edgesparse.frontends import load_onnx, set_input_shapes
-from edgesparse.passes import EdgesparseError, load_plugin, registered_passes
+from edgesparse.passes import EdgesparseError, expand_pass_names, load_plugin, registered_passes
 
 
 def parse_shape(text: str) -> tuple[str, list[int]]:
@@ -22,6 +22,13 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
         return name, [int(dim) for dim in dims.split(",")]
     except ValueError:
         raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
+
+
+def featreg_options(args: argparse.Namespace) -> dict:
+    options = {name: value for name, value in (("sparsity", args.sparsity), ("calibrate", args.calibrate)) if value is not None}
+    if options and "featreg" not in expand_pass_names(args.passes):
+        raise EdgesparseError("--sparsity and --calibrate are options of the featreg pass: add it with --passes default,featreg")
+    return {"featreg": options} if options else {}
 
 
 def main() -> int:
@@ -33,6 +40,8 @@ def main() -> int:
     parser.add_argument("--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline")
     parser.add_argument("--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)")
     parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
+    parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
+    parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
     parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
     parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
     args = parser.parse_args()
@@ -45,7 +54,8 @@ def main() -> int:
     model = load_onnx(args.model)
     if args.input_shape:
         model = set_input_shapes(model, dict(args.input_shape))
-    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug)
+    pass_options = featreg_options(args)
+    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options)
     artefact = result.save(args.output)
     report = result.report
     print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))
