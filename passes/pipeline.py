@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgesparse.passes import cleanup, featreg  # noqa: F401  (the built-in passes register on import)
+from edgesparse.passes import cleanup, featreg, strip_channels  # noqa: F401  (the built-in passes register on import)
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.registry import create_pass
 from edgesparse.passes.verify import VerifiedPass

@@ -3,6 +3,7 @@
 
     python tools/bench.py                      # every section
     python tools/bench.py --sections models    # TVM (llvm, untuned) vs ONNX Runtime on the test nets
+    python tools/bench.py --sections strip     # masked vs channel-stripped models, TVM and ONNX Runtime
 
 Each section prints a table whose ratios come from timings taken in this same run.
 """
@@ -10,6 +11,7 @@ Each section prints a table whose ratios come from timings taken in this same ru
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Callable
 
 from _cli import run_main
@@ -55,16 +57,57 @@ def models_section(args: argparse.Namespace) -> None:
     """TVM (llvm, default pipeline, untuned) latency against ONNX Runtime's, per model at batch 1."""
     from edgesparse.backends import compile_model
     from edgesparse.backends.onnxruntime_ref import random_inputs
-    from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
 
     rows = []
     for name, model in tqdm(bench_models().items(), desc="models", unit="model"):
         result = compile_model(model, "llvm")
-        inputs = random_inputs(result.optimized)
-        tvm_ms = tvm_latency_ms(result.build.executable, list(inputs.values()), number=args.number, repeat=args.repeat)
-        ort_ms = onnxruntime_latency_ms(result.optimized, inputs, number=args.number, repeat=args.repeat)
+        tvm_ms, ort_ms = latencies_ms(result, random_inputs(result.optimized), args)
         rows.append([name, f"{result.report['macs_after'] / 1e6:.1f}", f"{tvm_ms:.3f}", f"{ort_ms:.3f}", f"{tvm_ms / ort_ms:.2f}"])
     print_table("TVM llvm (untuned) vs ONNX Runtime, batch 1", ["model", "MMACs", "TVM ms", "ORT ms", "TVM/ORT"], rows)
+
+
+def latencies_ms(result, inputs: dict, args: argparse.Namespace) -> tuple[float, float]:
+    """(TVM, ONNX Runtime) latency of a compiled model at the same inputs."""
+    from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
+
+    tvm_ms = tvm_latency_ms(result.build.executable, list(inputs.values()), number=args.number, repeat=args.repeat)
+    return tvm_ms, onnxruntime_latency_ms(result.optimized, inputs, number=args.number, repeat=args.repeat)
+
+
+STRIP_MODELS = ("resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls")
+STRIP_RATIOS = (0.3, 0.5, 0.7)
+
+
+@section("strip")
+def strip_section(args: argparse.Namespace) -> None:
+    """Masked model vs the same model after strip-channels, at 30/50/70% of channels pruned by random masks
+    (drawn per channel group, as a structured pruner prunes): TVM (llvm, untuned) and ONNX Runtime
+    latency side by side, beside the speed-up the MACs promise."""
+    from edgesparse.backends import compile_model
+    from edgesparse.backends.onnxruntime_ref import random_inputs
+    from edgesparse.passes.channel_masks import insert_masks, mask_operands, random_masks
+    from edgesparse.passes.pipeline import run_pipeline
+
+    models = {name: model for name, model in bench_models().items() if name in STRIP_MODELS}
+    rows = []
+    for (name, model), ratio in tqdm(list(itertools.product(models.items(), STRIP_RATIOS)), desc="strip", unit="model"):
+        masked = run_pipeline(model.clone())
+        insert_masks(masked, random_masks(masked, ratio, coupled=True))
+        mask_values = [operands[1].const_value.numpy() for node in masked.graph if (operands := mask_operands(node))]
+        pruned = 1 - sum(values.sum() for values in mask_values) / sum(values.size for values in mask_values)
+        inputs = random_inputs(masked)
+        masked_result = compile_model(masked, "llvm", passes="shape-inference")
+        stripped_result = compile_model(masked, "llvm", passes="strip-channels")
+        (tvm_masked, ort_masked), (tvm_stripped, ort_stripped) = (latencies_ms(result, inputs, args) for result in (masked_result, stripped_result))
+        report = stripped_result.report
+        rows.append([
+            name, f"{ratio:.0%}", f"{pruned:.0%}", f"{report['macs_before'] / 1e6:.2f}", f"{report['macs_after'] / 1e6:.2f}",
+            f"{report['macs_before'] / report['macs_after']:.2f}x",
+            f"{tvm_masked:.3f}", f"{tvm_stripped:.3f}", f"{tvm_masked / tvm_stripped:.2f}x",
+            f"{ort_masked:.3f}", f"{ort_stripped:.3f}", f"{ort_masked / ort_stripped:.2f}x",
+        ])  # fmt: skip
+    header = ["model", "ratio", "pruned", "MMACs masked", "stripped", "MACs speed-up", "TVM masked ms", "stripped", "speed-up", "ORT masked ms", "stripped", "speed-up"]
+    print_table("strip-channels: masked vs stripped, batch 1 (TVM llvm untuned, ONNX Runtime)", header, rows)
 
 
 def main() -> int:

@@ -3,6 +3,7 @@
 
     python tools/compile.py model.onnx --target arm_cpu -o build/
     python tools/compile.py model.onnx --target llvm --passes default,my-pass --plugin my_passes.py -o build/
+    python tools/compile.py model.onnx --target llvm --passes default,strip-channels --masks masks.json -o build/
 """
 
 from __future__ import annotations
@@ -24,11 +25,20 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
         raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
 
 
-def featreg_options(args: argparse.Namespace) -> dict:
-    options = {name: value for name, value in (("sparsity", args.sparsity), ("calibrate", args.calibrate)) if value is not None}
-    if options and "featreg" not in expand_pass_names(args.passes):
-        raise EdgesparseError("--sparsity and --calibrate are options of the featreg pass: add it with --passes default,featreg")
-    return {"featreg": options} if options else {}
+# pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
+PASS_FLAGS = {"featreg": ("sparsity", "calibrate"), "strip-channels": ("masks",)}
+
+
+def pass_options(args: argparse.Namespace) -> dict:
+    options = {}
+    for pass_name, flags in PASS_FLAGS.items():
+        given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+        if given and pass_name not in expand_pass_names(args.passes):
+            named = " and ".join(f"--{flag}" for flag in flags)
+            raise EdgesparseError(f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it with --passes default,{pass_name}")
+        if given:
+            options[pass_name] = given
+    return options
 
 
 def main() -> int:
@@ -42,6 +52,7 @@ def main() -> int:
     parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
     parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
     parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
+    parser.add_argument("--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep")
     parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
     parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
     args = parser.parse_args()
@@ -54,8 +65,7 @@ def main() -> int:
     model = load_onnx(args.model)
     if args.input_shape:
         model = set_input_shapes(model, dict(args.input_shape))
-    pass_options = featreg_options(args)
-    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options)
+    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options(args))
     artefact = result.save(args.output)
     report = result.report
     print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))

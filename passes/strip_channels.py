@@ -1,0 +1,298 @@
+"""``strip-channels``: physically removes pruned channels from a CNN's ONNX graph (an in-place pass).
+
+A pruned channel is one whose value is a known constant (see channel_constants): multiplied by 0 in a
+per-channel mask (``Mul`` by a [1, C, 1, 1] or [C, 1, 1] 0/1 constant, after a layer and its optional
+BatchNormalization), computed by an all-zero filter, or left out of a mask file (``masks=``: node name
+-> kept channel indices, inserted as such masks first). Channels go by group (see channel_deps): a group
+is removed when
+- none of its channels is pinned: graph inputs and outputs keep their width; ops without a rule,
+  Reshapes that mix channels with other axes and weights shared between nodes keep theirs, and
+- every layer summing one of its channels into its outputs can do without it: the layer's weights never
+  read it, or it is 0, or it is a constant whose contribution is folded exactly into the layer's bias
+  (Conv without padding, Gemm). A constant read by a padded Conv is kept: at the borders it is no bias.
+  A masked channel followed by a BatchNormalization is such a constant, not a 0.
+What it cannot prove safe it leaves as it is, and says why in the report.
+
+Preserves: the model's outputs (up to float rounding of folded biases), its inputs and outputs, and
+every channel it keeps. Removes the channels from every weight, bias, BatchNormalization parameter, mask,
+Conv group count, Split/Slice/Reshape/Resize shape constant and value shape of their group; then deletes
+masks left all ones and initializers left unused. Constant nodes become initializers first, as
+``lift-constants`` does. Records ``strip_channels`` for the report: each layer's input and output
+channels before and after, and the pruned channels it kept, by reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from edgesparse.passes.channel_constants import Constants, channel_constants, has_padding
+from edgesparse.passes.channel_deps import (
+    CHANNEL_AXIS,
+    ChannelGraph,
+    Slot,
+    analyze_channels,
+    channel_count,
+    channel_slots,
+    const_ints,
+    has_input,
+    node_label,
+    node_name,
+    normalize_axis,
+    slice_channels,
+)
+from edgesparse.passes.channel_masks import insert_masks, load_masks, mask_operands
+from edgesparse.passes.cleanup import lift_constants_pass
+from edgesparse.passes.initializers import add_initializer
+from edgesparse.passes.registry import register_pass
+from edgesparse.passes.report import record
+
+REPORT_KEY = "strip_channels"
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+# activation -> its kept channel indices (old numbering), for the activations that lose channels
+Kept = dict[ir.Value, np.ndarray]
+
+
+@register_pass("strip-channels")
+class StripChannelsPass(ir.passes.InPlacePass):
+    """Removes the pruned channels it can prove unused (see the module docstring); ``masks``: a mask file."""
+
+    def __init__(self, masks: str | os.PathLike | None = None):
+        super().__init__()
+        # Read now, so that a bad file fails before any pass runs.
+        self.masks = load_masks(masks) if masks is not None else {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = lift_constants_pass()(model).modified
+        if self.masks:
+            insert_masks(model, self.masks)
+            modified = True
+        deps = analyze_channels(model)
+        constants = channel_constants(model, deps)
+        removed, kept = plan_removal(deps, constants)
+        widths_before = layer_widths(model)
+        if removed:
+            remove_channels(model, deps, constants, removed)
+            modified = True
+        modified |= remove_spent_masks(model)
+        if modified:
+            RemoveUnusedNodesPass()(model)
+        widths_after = layer_widths(model)
+        layers = [
+            {"node": node_name(node), "op_type": node.op_type, "in_channels": [before[0], widths_after[node][0]], "out_channels": [before[1], widths_after[node][1]]}
+            for node, before in widths_before.items()
+        ]
+        record(model, REPORT_KEY, {"layers": layers, "kept": [{"reason": reason, "channels": _by_value(slots)} for reason, slots in kept.items()]})
+        return ir.passes.PassResult(model, modified)
+
+
+def layer_widths(model: ir.Model) -> dict[ir.Node, tuple[int | None, int | None]]:
+    """(input channels, output channels) of every Conv, ConvTranspose, Gemm and MatMul."""
+    return {node: (channel_count(node.inputs[0]), channel_count(node.outputs[0])) for node in model.graph if node.op_type in LAYERS}
+
+
+def _by_value(slots: list[Slot]) -> dict[str, list[int]]:
+    channels = defaultdict(list)
+    for slot in slots:
+        if slot.value.const_value is None:
+            channels[slot.value.name].append(slot.index)
+    return dict(channels)
+
+
+# ----------------------------------------------------------------------------------- planning
+class CannotFold(Exception):
+    """A layer cannot do without an input channel; the message says why."""
+
+
+def plan_removal(deps: ChannelGraph, constants: Constants) -> tuple[set[Slot], dict[str, list[Slot]]]:
+    """The slots to remove, and the groups of pruned channels (some channel constant) kept, by reason."""
+    removed: set[Slot] = set()
+    kept: dict[str, list[Slot]] = defaultdict(list)
+    group_of: dict[Slot, list[Slot]] = {}
+    for group in deps.groups():
+        reason = _refusal(group, deps, constants)
+        if reason is None:
+            removed.update(group)
+            group_of.update(dict.fromkeys(group, group))
+        elif any(slot in constants for slot in group):
+            kept[reason] += group
+    # A tensor with no channels left is no tensor: keep the group of its first channel.
+    for value in {slot.value for slot in removed if slot.value.const_value is None}:
+        if all(slot in removed for slot in channel_slots(value)):
+            group = group_of[Slot(value, CHANNEL_AXIS, 0)]
+            removed.difference_update(group)
+            kept[f"removing them would leave {value.name!r} without channels"] += group
+    return removed, kept
+
+
+def _refusal(group: list[Slot], deps: ChannelGraph, constants: Constants) -> str | None:
+    for slot in group:
+        if slot in deps.pins:
+            return deps.pins[slot]
+    try:
+        for slot in group:
+            for layer in deps.contractions.get(slot, ()):
+                bias_contribution(layer, slot, constants.get(slot))
+    except CannotFold as exc:
+        return str(exc)
+    return None
+
+
+def bias_contribution(layer: ir.Node, slot: Slot, constant: float | None) -> np.ndarray:
+    """What input channel ``slot`` adds to each output channel of ``layer``: the vector to fold into the
+    layer's bias when the channel goes. Raises :class:`CannotFold` where that is no bias."""
+    weight = layer.inputs[1].const_value.numpy()
+    k_is_column = layer.op_type == "Conv" or (layer.op_type == "Gemm" and layer.attributes.get_int("transB", 0))
+    taps = weight[:, slot.index] if k_is_column else weight[slot.index]
+    taps = taps.reshape(taps.shape[0], -1).astype(np.float64)  # [output channels, kernel positions]
+    if not taps.any() or constant == 0:
+        return np.zeros(taps.shape[0])
+    if constant is None:
+        raise CannotFold(f"read by {node_label(layer)} and not a known constant")
+    scale = 1.0
+    if layer.op_type == "Conv" and has_padding(layer):
+        raise CannotFold(f"non-zero constants read by {node_label(layer)} through zero padding: no bias at the borders")
+    if layer.op_type == "ConvTranspose":
+        raise CannotFold(f"non-zero constants read by {node_label(layer)}: overlapping kernels make them no bias")
+    if layer.op_type == "MatMul":
+        raise CannotFold(f"non-zero constants read by {node_label(layer)}, which has no bias to fold them into")
+    if layer.op_type == "Gemm":
+        beta = layer.attributes.get_float("beta", 1.0)
+        if beta == 0:
+            raise CannotFold(f"non-zero constants read by {node_label(layer)}, whose beta is 0")
+        scale = layer.attributes.get_float("alpha", 1.0) / beta
+    if has_input(layer, 2) and len(layer.inputs[2].uses()) > 1:
+        raise CannotFold(f"non-zero constants to fold into the bias {layer.inputs[2].name!r}, which other nodes share")
+    return constant * scale * taps.sum(1)
+
+
+# ----------------------------------------------------------------------------------- rewriting
+def remove_channels(model: ir.Model, deps: ChannelGraph, constants: Constants, removed: set[Slot]) -> None:
+    # Contributions come from the weights as they are, before any of them is cut.
+    folds = [
+        (layer, bias_contribution(layer, slot, constants.get(slot)))
+        for slot in sorted(removed, key=deps.slot_key)
+        for layer in deps.contractions.get(slot, ())
+    ]
+    cut: dict[tuple[ir.Value, int], list[int]] = defaultdict(list)
+    for slot in removed:
+        cut[slot.value, slot.axis].append(slot.index)
+    kept: Kept = {
+        value: np.setdiff1d(np.arange(channel_count(value)), indices)
+        for (value, _), indices in cut.items()
+        if value.const_value is None
+    }
+    # Shape constants and attributes are computed from the old widths: before any shape changes.
+    for node in list(model.graph):
+        if node.op_type in SHAPE_EDITS and any(value in kept for value in (*node.inputs, *node.outputs)):
+            SHAPE_EDITS[node.op_type](node, kept)
+    for (value, axis), indices in cut.items():
+        if value.const_value is not None:
+            array = np.delete(value.const_value.numpy(), indices, axis)
+            value.const_value = ir.tensor(array, name=value.name)
+            value.shape = ir.Shape(array.shape)
+        else:
+            value.shape = ir.Shape([dim - len(indices) if index == axis else dim for index, dim in enumerate(value.shape)])
+    for layer, contribution in folds:
+        if contribution.any():
+            output = layer.outputs[0]
+            _add_to_bias(layer, contribution[kept[output]] if output in kept else contribution)
+
+
+def _add_to_bias(layer: ir.Node, contribution: np.ndarray) -> None:
+    if not has_input(layer, 2):
+        layer.resize_inputs(3)
+        layer.replace_input_with(2, add_initializer(layer.graph, f"{node_name(layer)}_bias", np.zeros(len(contribution), layer.outputs[0].dtype.numpy())))
+    bias = layer.inputs[2]
+    array = bias.const_value.numpy()
+    array = (array + contribution.astype(array.dtype)).astype(array.dtype)
+    bias.const_value = ir.tensor(array, name=bias.name)
+    bias.shape = ir.Shape(array.shape)
+
+
+def _width(value: ir.Value, kept: Kept) -> int:
+    return len(kept[value]) if value in kept else channel_count(value)
+
+
+def _set_constant_input(node: ir.Node, index: int, values: list[int]) -> None:
+    """A fresh initializer for the node's shape-like input: the old one may be shared."""
+    if len(node.inputs) <= index:
+        node.resize_inputs(index + 1)
+    hint = node.inputs[index].name if node.inputs[index] is not None else f"{node_name(node)}_input{index}"
+    node.replace_input_with(index, add_initializer(node.graph, hint, np.array(values, dtype=np.int64)))
+
+
+def _edit_group_count(node: ir.Node, kept: Kept) -> None:
+    groups = node.attributes.get_int("group", 1)
+    x = node.inputs[0]
+    if groups > 1 and x in kept:
+        node.attributes["group"] = ir.AttrInt64("group", groups * len(kept[x]) // channel_count(x))
+
+
+def _edit_split_sizes(node: ir.Node, kept: Kept) -> None:
+    if normalize_axis(node.attributes.get_int("axis", 0), len(node.inputs[0].shape)) == CHANNEL_AXIS:
+        node.attributes.pop("num_outputs", None)  # the sizes input replaces it (the parts may now differ)
+        _set_constant_input(node, 1, [_width(output, kept) for output in node.outputs])
+
+
+def _edit_slice_bounds(node: ir.Node, kept: Kept) -> None:
+    sliced = slice_channels(node)
+    x, y = node.inputs[0], node.outputs[0]
+    if sliced is None:
+        return
+    position, start = sliced
+    starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
+    starts[position] = int(np.count_nonzero(kept[x] < start)) if x in kept else start
+    ends[position] = starts[position] + _width(y, kept)
+    _set_constant_input(node, 1, starts)
+    _set_constant_input(node, 2, ends)
+
+
+def _edit_reshape_target(node: ir.Node, kept: Kept) -> None:
+    target = const_ints(node.inputs[1])
+    y = node.outputs[0]
+    if y in kept and target[CHANNEL_AXIS] > 0:  # 0 (copy) and -1 (infer) follow the input by themselves
+        target[CHANNEL_AXIS] = _width(y, kept)
+        _set_constant_input(node, 1, target)
+
+
+def _edit_resize_sizes(node: ir.Node, kept: Kept) -> None:
+    y = node.outputs[0]
+    if has_input(node, 3) and y in kept:
+        rank = len(y.shape)
+        axes = [normalize_axis(axis, rank) for axis in node.attributes.get_ints("axes", range(rank))]
+        sizes = const_ints(node.inputs[3])
+        if CHANNEL_AXIS in axes:
+            sizes[axes.index(CHANNEL_AXIS)] = _width(y, kept)
+            _set_constant_input(node, 3, sizes)
+
+
+# op type -> how its attributes or shape inputs follow the new widths
+SHAPE_EDITS: dict[str, Callable[[ir.Node, Kept], None]] = {
+    "Conv": _edit_group_count,
+    "ConvTranspose": _edit_group_count,
+    "Split": _edit_split_sizes,
+    "Slice": _edit_slice_bounds,
+    "Reshape": _edit_reshape_target,
+    "Resize": _edit_resize_sizes,
+}
+
+
+def remove_spent_masks(model: ir.Model) -> bool:
+    """Deletes the masks whose every entry is 1 (all their zeros went with the channels they masked)."""
+    spent = []
+    for node in model.graph:
+        operands = mask_operands(node)
+        output = node.outputs[0]
+        if operands and operands[1].const_value.numpy().all() and output.shape == operands[0].shape and not output.is_graph_output():
+            spent.append((node, operands[0]))
+    for node, activation in spent:
+        node.outputs[0].replace_all_uses_with(activation)
+        model.graph.remove(node, safe=True)
+    return bool(spent)
