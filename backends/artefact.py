@@ -3,7 +3,8 @@
 ``DIR/model.onnx``   the graph after the passes
 ``DIR/model.so``     the TVM library (self-contained; an aarch64 ELF for arm targets)
 ``DIR/model.cl``     (mali) / ``DIR/model.cu`` (cuda): the generated GPU source, kept for inspection
-``DIR/report.json``  target, passes, inputs/outputs, MACs and params before/after, per-node MACs
+``DIR/report.json``  target, passes, inputs/outputs, MACs and params before/after, per-node MACs,
+                     the functions scheduled from a tuning database
 
 Everything is written into a temporary sibling directory first and moved into place only when all of
 it succeeded, so a failed compile never leaves half an artefact behind.
@@ -64,6 +65,7 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "params_before": count_params(original),
         "params_after": count_params(optimized),
         "nodes": [{"name": entry.name, "op_type": entry.op_type, "macs": entry.macs} for entry in nodes],
+        "tuned_functions": build.tuned_functions,
         **recorded,
     }
 

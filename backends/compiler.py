@@ -19,7 +19,7 @@ import tvm
 from edgesparse.backends.artefact import Artefact, make_report, write_artefact
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
-from edgesparse.backends.tvm_build import TVMBuild, build
+from edgesparse.backends.tvm_build import TVMBuild, build, open_tuning_database
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES, expand_pass_names, run_pipeline
 
@@ -42,6 +42,18 @@ class CompileResult:
         return dict(zip(self.report["outputs"], outputs))
 
 
+def optimize(
+    model: ir.Model,
+    passes: Sequence[str] | str = DEFAULT_PASSES,
+    *,
+    debug: bool = False,
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[ir.Model, list[str]]:
+    """The passes run on a copy of ``model`` (left as it was): (the optimized copy, the pass names run)."""
+    pass_names = expand_pass_names(passes)
+    return run_pipeline(model.clone(), pass_names, debug=debug, pass_options=pass_options), pass_names
+
+
 def compile_model(
     model: ir.Model,
     target: str = "llvm",
@@ -50,10 +62,15 @@ def compile_model(
     passes: Sequence[str] | str = DEFAULT_PASSES,
     debug: bool = False,
     pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+    tuning_db: str | os.PathLike | None = None,
 ) -> CompileResult:
-    """Runs the passes on a copy of ``model`` (which is left as it was) and builds the result."""
+    """Runs the passes on a copy of ``model`` (which is left as it was) and builds the result.
+
+    ``tuning_db``: a directory written by :func:`edgesparse.backends.tuning.tune` (``tools/tune.py``);
+    the functions tuned there get their tuned schedules.
+    """
     spec = resolve_target(target, device)
-    pass_names = expand_pass_names(passes)
-    optimized = run_pipeline(model.clone(), pass_names, debug=debug, pass_options=pass_options)
-    tvm_build = build(optimized, spec)
+    database = open_tuning_database(tuning_db) if tuning_db is not None else None  # before the passes: fail early
+    optimized, pass_names = optimize(model, passes, debug=debug, pass_options=pass_options)
+    tvm_build = build(optimized, spec, database)
     return CompileResult(optimized, tvm_build, make_report(model, optimized, pass_names, tvm_build))

@@ -8,7 +8,8 @@ are real. Timings are not: emulation is ~60x slower than the host and says nothi
 
 Everything lives in one state folder: the arm64 sysroot (Debian packages unpacked with ``dpkg -x``,
 never into ``/``), the aarch64 wheels installed with ``pip --target``, the wrapper used as the device's
-python, the PIDs of running processes and their logs.
+python and, in a folder per tracker port (so that devices on other ports run beside it: the tests', a
+demo's), the PIDs of running processes and their logs.
 """
 
 from __future__ import annotations
@@ -98,11 +99,17 @@ class EmulatedArmDevice:
 
     @property
     def logs_dir(self) -> Path:
+        """The setup's log (apt, pip)."""
         return self.state_dir / "logs"
 
     @property
+    def run_dir(self) -> Path:
+        """The running device's PIDs and logs (``tracker.log``, ``server-<i>.log``)."""
+        return self.state_dir / "run" / str(self.tracker_port)
+
+    @property
     def _pids_file(self) -> Path:
-        return self.state_dir / "pids.json"
+        return self.run_dir / "pids.json"
 
     @property
     def rpc_address(self) -> str:
@@ -223,7 +230,7 @@ class EmulatedArmDevice:
         server_ports = [self.server_port + i for i in range(n_servers)]
         for port in (self.tracker_port, *server_ports):
             _check_port_free(port)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._launch(
                 "tracker",
@@ -232,7 +239,7 @@ class EmulatedArmDevice:
             self._wait_for(
                 lambda: self._tracker_summary() is not None,
                 timeout_s,
-                lambda: f"the tracker did not answer; read {self.logs_dir / 'tracker.log'}",
+                lambda: f"the tracker did not answer; read {self.run_dir / 'tracker.log'}",
             )
             for i, port in enumerate(server_ports):
                 self._launch(f"server-{i}", self._server_cmd(port), env=self._server_env())
@@ -241,7 +248,7 @@ class EmulatedArmDevice:
                 timeout_s,
                 lambda: (
                     f"{self._free_servers()} of {n_servers} servers registered under key "
-                    f"{self.key!r}; read {self.logs_dir}/server-<i>.log"
+                    f"{self.key!r}; read {self.run_dir}/server-<i>.log"
                 ),
             )
         except BaseException:
@@ -303,11 +310,13 @@ class EmulatedArmDevice:
     def _server_env() -> dict:
         # CXX: a `.tar` export is linked on the device, and must be linked for aarch64.
         # TVM_USE_RUNTIME_LIB: load only the runtime, far quicker under emulation than the compiler.
-        return {**os.environ, "CXX": CROSS_CXX, "TVM_USE_RUNTIME_LIB": "1"}
+        # TVM_NUM_THREADS=1: emulated worker threads spin-wait on each other; on a loaded host that
+        # stalled a run for minutes. Timings under emulation mean nothing anyway.
+        return {**os.environ, "CXX": CROSS_CXX, "TVM_USE_RUNTIME_LIB": "1", "TVM_NUM_THREADS": "1"}
 
     def _launch(self, name: str, cmd: list[str], env: dict | None = None) -> None:
         """Start one process in its own session, so that stop() can kill it with all its children."""
-        with (self.logs_dir / f"{name}.log").open("w") as log:
+        with (self.run_dir / f"{name}.log").open("w") as log:
             child = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
@@ -322,7 +331,7 @@ class EmulatedArmDevice:
             for name, child in self._children.items():
                 if child.poll() is not None:
                     raise EdgesparseError(
-                        f"{name} exited with code {child.returncode}; read {self.logs_dir / (name + '.log')}"
+                        f"{name} exited with code {child.returncode}; read {self.run_dir / (name + '.log')}"
                     )
             if time.monotonic() > deadline:
                 raise EdgesparseError(f"after {timeout_s:.0f} s, {explain()}")
@@ -353,7 +362,7 @@ class EmulatedArmDevice:
         return [g for g in self._recorded_groups() if _group_alive(g)]
 
     def _write_pids(self, groups: list[int]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._pids_file.write_text(json.dumps({"process_groups": groups}) + "\n")
 
 

@@ -1,8 +1,8 @@
 """ONNX (onnx-ir) -> Relax: TVM's ONNX importer, taught this project's ops.
 
-TVM's importer has no hook for custom ops, so a subclass converts ``edgesparse::GatedConv`` itself:
-into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) where the kernel supports the
-conv, and into the dense equivalent (where + conv2d) elsewhere. Everything else is TVM's own import.
+TVM's importer has no hook for custom ops, so a subclass converts ``edgesparse::GatedConv`` itself,
+into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) for the build's target.
+Everything else is TVM's own import.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
 
+from edgesparse.backends.gated_conv import GatedConvShape, default_schedule, gated_conv2d, pack_weight
 from edgesparse.backends.onnxruntime_ref import input_specs, to_proto
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.gated_conv_op import OP_TYPE, is_gated_conv
@@ -37,21 +38,30 @@ def constant_array(expr: relax.Expr, what: str) -> np.ndarray:
     return expr.value.numpy()
 
 
-def dense_gated_conv(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray, bias: np.ndarray, attrs: dict) -> relax.Expr:
-    """Conv(Where(x > t, x, 0)) with Relax's dense conv2d: the reference lowering, and the fallback."""
-    threshold = relax.const(np.float32(attrs["threshold"]))
-    gated = bb.emit(relax.op.where(relax.op.greater(x, threshold), x, relax.const(np.float32(0.0))))
-    conv = bb.emit(
-        relax.op.nn.conv2d(
-            gated,
-            relax.const(weight),
-            strides=attrs["strides"],
-            padding=attrs["pads"],
-            dilation=attrs["dilations"],
-            groups=attrs["group"],
+def gated_conv(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray, bias: np.ndarray, attrs: dict, target: tvm.target.Target) -> relax.Expr:
+    """A ``call_tir`` of the gated sparse kernel, specialised to this conv's shapes and threshold."""
+    batch, channels, height, width = (int(dim) for dim in x.ty.shape.values)
+    try:
+        shape = GatedConvShape(
+            batch,
+            channels,
+            weight.shape[0],
+            height,
+            width,
+            kernel=tuple(weight.shape[2:]),
+            stride=tuple(attrs["strides"]),
+            pads=tuple(attrs["pads"]),
+            dilation=tuple(attrs["dilations"]),
+            group=attrs["group"],
         )
-    )
-    return relax.op.add(conv, relax.const(bias.reshape(1, -1, 1, 1)))
+    except ValueError as exc:
+        raise EdgesparseError(f"{OP_TYPE}: {exc}") from None
+    schedule = default_schedule(shape, target)
+    # Without its own symbol the kernel gets the unique name the builder gives it, one per conv.
+    function = gated_conv2d(shape, attrs["threshold"], schedule, target).without_attr("global_symbol")
+    kernel = bb.add_func(function, "gated_conv")
+    out_type = relax.TensorType((batch, shape.out_channels, shape.out_height, shape.out_width), "float32")
+    return relax.call_tir(kernel, [x, relax.const(pack_weight(weight, shape, schedule)), relax.const(bias.astype(np.float32))], out_ty=out_type)
 
 
 class EdgesparseImporter(ONNXGraphImporter):
@@ -68,7 +78,7 @@ class EdgesparseImporter(ONNXGraphImporter):
             return super()._convert_operator(op_name, inputs, attrs, opset)
         attrs = {name: attrs[name] for name in ("threshold", "strides", "pads", "dilations", "group")}
         weight, bias = constant_array(inputs[1], "weight"), constant_array(inputs[2], "bias")
-        return self.bb.normalize(dense_gated_conv(self.bb, inputs[0], weight, bias, attrs))
+        return self.bb.normalize(gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target))
 
 
 def import_to_relax(model: ir.Model, target: tvm.target.Target) -> tvm.IRModule:

@@ -3,22 +3,29 @@
 The library is self-contained (weights are Relax constants inside it) and its ``main`` takes the
 graph's inputs in graph order, so any TVM user can run it with ``relax.VirtualMachine``.
 GPU builds (``mali``, ``cuda``) are checked to have every compute function bound to GPU threads:
-an unscheduled kernel would otherwise silently become host code.
+an unscheduled kernel would otherwise silently become host code. Given a MetaSchedule database
+(written by backends/tuning.py), the fused functions found there get their tuned schedules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from pathlib import Path
 
 import onnx_ir as ir
 import tvm
 from tvm import relax
+from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.passes.errors import EdgesparseError
+
+# What ms.database.JSONDatabase(work_dir=...) reads and writes.
+TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
 @dataclasses.dataclass
@@ -27,15 +34,21 @@ class TVMBuild:
     # The module after the Relax pipeline (fused, scheduled PrimFuncs), before codegen.
     lowered: tvm.IRModule
     executable: relax.Executable
+    # PrimFuncs whose schedules came from a tuning database.
+    tuned_functions: list[str]
 
     def export(self, path: str | os.PathLike) -> None:
         """Writes the shared library; for arm targets an aarch64 ELF linked by the cross compiler."""
-        fcompile = cc.cross_compiler(self.spec.cross_compiler) if self.spec.cross_compiler else None
-        self.executable.export_library(os.fspath(path), fcompile=fcompile)
+        export_library(self.executable, path, self.spec.cross_compiler)
 
     def device_source(self) -> str:
         """The generated OpenCL/CUDA source of a GPU build ("" for CPU builds)."""
         return "\n".join(module.inspect_source() for module in _module_tree(self.executable.mod) if module.kind in ("opencl", "cuda"))
+
+
+def export_library(module: tvm.runtime.Module, path: str | os.PathLike, cross_compiler: str | None) -> None:
+    """Links ``module`` into a shared library, with ``cross_compiler`` when given (else the host's)."""
+    module.export_library(os.fspath(path), fcompile=cc.cross_compiler(cross_compiler) if cross_compiler else None)
 
 
 def _module_tree(module: tvm.runtime.Module):
@@ -44,10 +57,53 @@ def _module_tree(module: tvm.runtime.Module):
         yield from _module_tree(child)
 
 
-def lower(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
-    """The target's default Relax pipeline: fusion and legalization; on GPU also dlight schedules."""
+# The Relax backend whose default pipeline relax.get_default_pipeline gives each target kind here. Its
+# stages are taken from the backend itself: TVM 0.27's relax.pipeline.dataflow_lower_passes fails for
+# llvm and cuda (their packages do not export it).
+_BACKENDS = {"llvm": relax.backend.cpu_generic.pipeline, "opencl": relax.backend.gpu_generic.pipeline, "cuda": relax.backend.cuda.pipeline}
+
+
+def _pipeline_halves(target: tvm.target.Target) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+    """The target's default Relax pipeline, cut right after FuseTIR: there the fused PrimFuncs exist and
+    are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches."""
+    backend = _BACKENDS[target.kind.name]
+    legalize = backend.legalize_passes(target)
+    cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")
+    first = backend.library_dispatch_passes(target) + legalize[:cut]
+    second = legalize[cut:] + backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    return first, second
+
+
+def fuse(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
+    """The first half of the default pipeline: legalized, fused PrimFuncs, none scheduled (tuning tasks)."""
     with spec.target:
-        return relax.get_default_pipeline(spec.target)(mod)
+        return tvm.transform.Sequential(_pipeline_halves(spec.target)[0])(mod)
+
+
+def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
+    """The MetaSchedule JSON database that tuning wrote into ``directory``."""
+    missing = [name for name in TUNING_DATABASE_FILES if not (Path(directory) / name).is_file()]
+    if missing:
+        raise EdgesparseError(f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)")
+    return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
+
+
+def lower(mod: tvm.IRModule, spec: TargetSpec, tuning_db: ms.Database | None = None) -> tuple[tvm.IRModule, list[str]]:
+    """The target's default Relax pipeline: fusion and legalization; on GPU also dlight schedules.
+
+    With ``tuning_db``, the fused PrimFuncs found in it get their tuned schedules and the others go on
+    as without it. Returns the lowered module and the names of the PrimFuncs scheduled from the database.
+    """
+    first, second = _pipeline_halves(spec.target)
+    with spec.target, tuning_db if tuning_db is not None else contextlib.nullcontext():
+        fused = tvm.transform.Sequential(first)(mod)
+        # made here: the pass takes the current target and database when it is made
+        tuned = relax.transform.MetaScheduleApplyDatabase()(fused) if tuning_db is not None else fused
+        return tvm.transform.Sequential(second)(tuned), sorted(_scheduled(tuned) - _scheduled(fused))
+
+
+def _scheduled(mod: tvm.IRModule) -> set[str]:
+    return {gvar.name_hint for gvar, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc) and func.attrs.get("tirx.is_scheduled", False)}
 
 
 def functions_without_kernel(build: TVMBuild) -> list[str]:
@@ -60,9 +116,9 @@ def functions_without_kernel(build: TVMBuild) -> list[str]:
     ]
 
 
-def build(model: ir.Model, spec: TargetSpec) -> TVMBuild:
-    lowered = lower(import_to_relax(model, spec.target), spec)
-    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None))
+def build(model: ir.Model, spec: TargetSpec, tuning_db: ms.Database | None = None) -> TVMBuild:
+    lowered, tuned = lower(import_to_relax(model, spec.target), spec, tuning_db)
+    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None), tuned)
     if spec.is_gpu and (missing := functions_without_kernel(result)):
         raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")
     return result

@@ -10,7 +10,8 @@ only (a shared weight is refused, as onnxscript's rules refuse it), explicit pad
 Thresholds, per gate: as trained; or sparsity level S from the model's metadata ``featreg.levels``
 (``{"0.9": {gate node name: t, ...}, ...}``, written by the FeatReg exporter); or, for a level the
 metadata lacks, calibrated on real inputs: gate by gate in graph order, the S-quantile of the gate's
-input on those inputs with the gates before it already set, never below the trained threshold.
+input on those inputs with the gates before it already set (halfway between two feature values, never
+on one), never below the trained threshold.
 
 Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
 conv below ``min_sparsity`` (where the gated kernel would be slower than dense) stays gate + Conv.
@@ -157,6 +158,18 @@ def gate_inputs_on(model: ir.Model, gates: list[Gate], samples: list[dict[str, n
     return {gate_name: np.stack([run[value_name] for run in runs]) for gate_name, value_name in wanted.items()}
 
 
+def threshold_for_sparsity(features: np.ndarray, sparsity: float) -> float:
+    """A threshold that gates off ``sparsity`` of ``features``, halfway between the last value gated
+    off and the next one: a threshold equal to a feature value would flip on float rounding noise."""
+    values = np.sort(features, axis=None)
+    gated_off = int(round(sparsity * values.size))
+    if gated_off == 0:
+        return float(values[0]) - 1.0
+    if gated_off == values.size:
+        return float(values[-1])
+    return float(values[gated_off - 1] + (values[gated_off] - values[gated_off - 1]) / 2)
+
+
 @register_pass("featreg")
 class FeatRegPass(ir.passes.InPlacePass):
     def __init__(self, sparsity: float | None = None, calibrate: str | os.PathLike | None = None, min_sparsity: float = 0.0, calibration_limit: int = 16):
@@ -235,6 +248,6 @@ class FeatRegPass(ir.passes.InPlacePass):
         thresholds = {}
         for gate in gates:
             features = gate_inputs_on(probe, [probe_gates[gate.name]], samples)[gate.name]
-            thresholds[gate.name] = max(gate.threshold, float(np.quantile(features, self.sparsity)))
+            thresholds[gate.name] = max(gate.threshold, threshold_for_sparsity(features, self.sparsity))
             probe_gates[gate.name] = set_threshold(probe.graph, probe_gates[gate.name], thresholds[gate.name])
         return thresholds

@@ -55,11 +55,16 @@ def run_tool(tool: str, *args: str, timeout: float = 300) -> subprocess.Complete
     )
 
 
-@pytest.fixture(scope="session")
-def emulated_device():
-    """The qemu aarch64 TVM RPC device (set up by `make test` through tools/device.py setup)."""
-    device = EmulatedArmDevice(REPO / ".device", tracker_port=TEST_TRACKER_PORT, server_port=TEST_SERVER_PORT)
+def set_up_device(tracker_port: int, server_port: int) -> EmulatedArmDevice:
+    """The qemu aarch64 TVM RPC device (set up by `make test` through tools/device.py setup), not started."""
+    device = EmulatedArmDevice(REPO / ".device", tracker_port=tracker_port, server_port=server_port)
     if not device.is_set_up():
         pytest.fail("the emulated aarch64 device is not set up: run `python tools/device.py setup` (make test does)")
-    with device.running(n_servers=1):
+    return device
+
+
+@pytest.fixture(scope="session")
+def emulated_device():
+    """One emulated server behind a tracker, for the whole session."""
+    with set_up_device(TEST_TRACKER_PORT, TEST_SERVER_PORT).running(n_servers=1) as device:
         yield device

@@ -61,9 +61,7 @@ def test_a_gpu_build_without_schedules_is_caught(monkeypatch):
     """The trap in the TVM notes: unscheduled TIR silently becomes host code. The check must see it."""
     from tvm import relax
 
-    from edgesparse.backends import tvm_build
-
-    # The generic (CPU) pipeline legalizes without any GPU schedule.
-    monkeypatch.setattr(tvm_build.relax, "get_default_pipeline", lambda target: relax.get_pipeline("default"))
+    # Mali builds go through the generic GPU backend: give it the CPU legalization, without dlight.
+    monkeypatch.setattr(relax.backend.gpu_generic.pipeline, "legalize_passes", relax.backend.cpu_generic.legalize_passes)
     with pytest.raises(EdgesparseError, match="no GPU kernel for"):
         compile_model(load_model("resnet"), "mali")

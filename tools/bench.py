@@ -4,6 +4,7 @@
     python tools/bench.py                      # every section
     python tools/bench.py --sections models    # TVM (llvm, untuned) vs ONNX Runtime on the test nets
     python tools/bench.py --sections strip     # masked vs channel-stripped models, TVM and ONNX Runtime
+    python tools/bench.py --sections tuned --trials 1000 --tuning-dir build/tuning   # tuned vs untuned TVM vs ORT
 
 Each section prints a table whose ratios come from timings taken in this same run.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 from _cli import run_main
 from tqdm import tqdm
@@ -110,11 +112,158 @@ def strip_section(args: argparse.Namespace) -> None:
     print_table("strip-channels: masked vs stripped, batch 1 (TVM llvm untuned, ONNX Runtime)", header, rows)
 
 
+# 0.5 .. 0.95: the issue's levels; 0 .. 0.4 locate the break-even with ONNX Runtime.
+GATED_SPARSITIES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 0.9, 0.95)
+
+
+@section("gated")
+def gated_section(args: argparse.Namespace) -> None:
+    """Gated sparse 3x3 conv 64->64 on 1x64x128x128 (llvm) vs the dense conv of the same gated feature."""
+    import numpy as np
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from edgesparse.backends.gated_conv import GatedConvShape, default_schedule, effective_macs, standalone_module
+    from edgesparse.backends.targets import resolve_target
+    from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
+    from edgesparse.backends.tvm_build import build
+
+    shape = GatedConvShape(1, 64, 64, 128, 128, (3, 3), pads=(1, 1, 1, 1))
+    spec = resolve_target("llvm")
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal(shape.weight_shape) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(shape.out_channels).astype(np.float32)
+    # Threshold 0 (a Relu gate); each feature is shifted so the wanted fraction of elements is <= 0,
+    # element by element, so every pixel has its own random active set (active values are > 0).
+    schedule = default_schedule(shape, spec.target)
+    gated_kernel = relax.build(standalone_module(shape, 0.0, weight, bias, schedule, spec.target), spec.target)
+    conv = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=list(shape.pads))],
+        "dense_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 128, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 128, 128])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    dense = ir.serde.deserialize_model(helper.make_model(conv, opset_imports=[helper.make_opsetid("", 17)]))
+    features = {}
+    for sparsity in GATED_SPARSITIES:
+        feature = rng.standard_normal((1, 64, 128, 128)).astype(np.float32)
+        features[sparsity] = feature - np.quantile(feature, sparsity).astype(np.float32)
+    # Untuned TVM is ~100x slower than the others and its time does not depend on the values: once.
+    tvm_dense_ms = tvm_latency_ms(build(dense, spec).executable, [np.maximum(features[0.5], 0)], number=1, repeat=3)
+    rows, ort_ratios = [], []
+    for sparsity, feature in tqdm(features.items(), desc="gated", unit="level"):
+        gated_ms = tvm_latency_ms(gated_kernel, [feature], number=args.number, repeat=args.repeat)
+        ort_ms = onnxruntime_latency_ms(dense, {"x": np.maximum(feature, 0)}, number=args.number, repeat=args.repeat)
+        ort_ratios.append(ort_ms / gated_ms)
+        rows.append(
+            [
+                f"{sparsity:.0%}",
+                f"{shape.dense_macs / max(effective_macs(feature, shape, 0.0), 1):.1f}",
+                f"{gated_ms:.3f}",
+                f"{ort_ms:.3f}",
+                f"{tvm_dense_ms:.1f}",
+                f"{ort_ms / gated_ms:.2f}",
+                f"{tvm_dense_ms / gated_ms:.1f}",
+            ]
+        )
+    header = ["sparsity", "MAC ratio", "gated ms", "ORT dense ms", "TVM dense ms", "vs ORT", "vs TVM"]
+    print_table("GatedConv 3x3 64->64, 1x64x128x128, llvm (TVM dense: untuned default pipeline, timed once)", header, rows)
+    print(f"break-even with ONNX Runtime: {_break_even(list(features), ort_ratios)}")
+
+
+def _break_even(sparsities: list[float], speedups: list[float]) -> str:
+    """Sparsity where the speed-up crosses 1, interpolated between the measured levels."""
+    for (s0, r0), (s1, r1) in zip(zip(sparsities, speedups), zip(sparsities[1:], speedups[1:])):
+        if r0 < 1 <= r1:
+            return f"{s0 + (1 - r0) / (r1 - r0) * (s1 - s0):.0%} sparsity"
+    return "faster at every level" if speedups[0] >= 1 else "slower at every level"
+
+
+TUNED_MODELS = ("resnet", "mobilenetv2", "edsr")
+
+
+@section("tuned")
+def tuned_section(args: argparse.Namespace) -> None:
+    """Tuned TVM (llvm, a MetaSchedule database per model) vs untuned TVM vs ONNX Runtime, batch 1. Each
+    model is first tuned on this host up to --trials in --tuning-dir/<model>: a database that a
+    tools/tune.py run or an interrupted bench left there counts, so only what is missing is tuned."""
+    from edgesparse.backends import compile_model
+    from edgesparse.backends.onnxruntime_ref import random_inputs
+    from edgesparse.backends.targets import resolve_target
+    from edgesparse.backends.timing import tvm_latency_ms
+    from edgesparse.backends.tuning import tune
+
+    rows = []
+    for name, model in bench_models().items():
+        if name not in TUNED_MODELS:
+            continue
+        summary = tune(model, resolve_target("llvm"), args.tuning_dir / name, args.trials)
+        tuned = compile_model(model, "llvm", tuning_db=summary.work_dir)
+        inputs = random_inputs(tuned.optimized)
+        tuned_ms, ort_ms = latencies_ms(tuned, inputs, args)
+        untuned_ms = tvm_latency_ms(compile_model(model, "llvm").build.executable, list(inputs.values()), number=args.number, repeat=args.repeat)
+        trials = sum(task.trials for task in summary.tasks)
+        rows.append([
+            name, f"{len(tuned.build.tuned_functions)}/{len(summary.tasks)}", str(trials),
+            f"{untuned_ms:.3f}", f"{tuned_ms:.3f}", f"{ort_ms:.3f}", f"{untuned_ms / tuned_ms:.1f}x", f"{tuned_ms / ort_ms:.2f}",
+        ])  # fmt: skip
+    header = ["model", "tuned tasks", "trials", "untuned ms", "tuned ms", "ORT ms", "tuning speed-up", "tuned/ORT"]
+    print_table(f"TVM llvm tuned (MetaSchedule, up to {args.trials} trials a model, {args.tuning_dir}) vs untuned vs ONNX Runtime, batch 1", header, rows)
+
+
+FEATREG_NET_LEVELS = (0.6, 0.8, 0.9, 0.95)
+
+
+@section("featreg-net")
+def featreg_net_section(args: argparse.Namespace) -> None:
+    """A whole FeatReg EDSR-style SR net (x2, 64 channels, 4 residual blocks, 1x3x128x128 in), random
+    weights, thresholds calibrated per level on random inputs: the featreg build (gated kernels, llvm)
+    vs the dense build in TVM (untuned) and vs ONNX Runtime on the dense model."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from edgesparse.backends import compile_model
+    from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
+    from edgesparse.frontends.featreg_modules import FeatRegEDSR
+    from edgesparse.frontends.torch_frontend import from_torch
+
+    torch.manual_seed(0)
+    model = from_torch(FeatRegEDSR(width=64).eval(), torch.rand(1, 3, 128, 128), input_names=["input"], output_names=["output"])
+    rng = np.random.default_rng(0)
+    inputs = {"input": rng.random((1, 3, 128, 128), dtype=np.float32)}
+    dense = compile_model(model, "llvm")
+    ort_ms = onnxruntime_latency_ms(dense.optimized, inputs, number=args.number, repeat=args.repeat)
+    tvm_dense_ms = tvm_latency_ms(dense.build.executable, [inputs["input"]], number=1, repeat=3)
+    rows = []
+    with tempfile.TemporaryDirectory() as calibration:
+        for index in range(2):
+            np.savez(f"{calibration}/sample{index}.npz", input=rng.random((1, 3, 128, 128), dtype=np.float32))
+        for level in tqdm(FEATREG_NET_LEVELS, desc="featreg-net", unit="level"):
+            options = {"sparsity": level, "calibrate": calibration, "min_sparsity": 0.0}
+            gated = compile_model(model, "llvm", passes="default,featreg", pass_options={"featreg": options})
+            gated_ms = tvm_latency_ms(gated.build.executable, [inputs["input"]], number=args.number, repeat=args.repeat)
+            report = gated.report
+            measured = np.mean([layer["input_sparsity"] for layer in report["layers"]])
+            rows.append([
+                f"{level:.0%}", f"{measured:.1%}", f"{report['macs_after'] / 1e9:.2f}", f"{report['macs_effective'] / 1e9:.2f}",
+                f"{report['macs_after'] / report['macs_effective']:.1f}x", f"{gated_ms:.1f}", f"{ort_ms:.1f}", f"{tvm_dense_ms:.1f}",
+                f"{ort_ms / gated_ms:.2f}x", f"{tvm_dense_ms / gated_ms:.1f}x",
+            ])  # fmt: skip
+    header = ["level", "measured", "GMACs dense", "effective", "MAC ratio", "gated ms", "ORT dense ms", "TVM dense ms", "vs ORT", "vs TVM"]
+    print_table("FeatReg EDSR x2 (64 ch, 4 blocks) 1x3x128x128, llvm: gated build vs dense", header, rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--number", type=int, default=10, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=5, help="timings per figure (the median is shown)")
+    parser.add_argument("--tuning-dir", type=Path, default=Path("build/tuning"), help="tuned: the tuning directories, one per model (kept and resumed)")
+    parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (shared evenly by its tasks)")
     args = parser.parse_args()
     threads = use_all_cores()
     print(f"threads: {threads} (TVM_NUM_THREADS and ONNX Runtime intra-op)")

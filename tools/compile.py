@@ -4,6 +4,7 @@
     python tools/compile.py model.onnx --target arm_cpu -o build/
     python tools/compile.py model.onnx --target llvm --passes default,my-pass --plugin my_passes.py -o build/
     python tools/compile.py model.onnx --target llvm --passes default,strip-channels --masks masks.json -o build/
+    python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build/    # after tools/tune.py
 """
 
 from __future__ import annotations
@@ -11,66 +12,31 @@ from __future__ import annotations
 import argparse
 
 from _cli import run_main
+from _model_args import add_model_arguments, load_model, pass_options
 
-from edgesparse.backends import TARGET_NAMES, compile_model
-from edgesparse.frontends import load_onnx, set_input_shapes
-from edgesparse.passes import EdgesparseError, expand_pass_names, load_plugin, registered_passes
-
-
-def parse_shape(text: str) -> tuple[str, list[int]]:
-    name, _, dims = text.rpartition("=")
-    try:
-        return name, [int(dim) for dim in dims.split(",")]
-    except ValueError:
-        raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
-
-
-# pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
-PASS_FLAGS = {"featreg": ("sparsity", "calibrate"), "strip-channels": ("masks",)}
-
-
-def pass_options(args: argparse.Namespace) -> dict:
-    options = {}
-    for pass_name, flags in PASS_FLAGS.items():
-        given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
-        if given and pass_name not in expand_pass_names(args.passes):
-            named = " and ".join(f"--{flag}" for flag in flags)
-            raise EdgesparseError(f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it with --passes default,{pass_name}")
-        if given:
-            options[pass_name] = given
-    return options
+from edgesparse.backends import compile_model
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="an .onnx file (opset 13+, older ones are upgraded)")
-    parser.add_argument("--target", required=True, help=f"one of {', '.join(TARGET_NAMES)}")
-    parser.add_argument("--device", help="TVM target tag: an aarch64 board for arm_cpu/mali (default arm/rasp4b64), an sm_XX arch or nvidia/... tag for cuda")
+    add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="artefact directory (model.onnx, model.so, report.json)")
-    parser.add_argument("--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline")
-    parser.add_argument("--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)")
-    parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
-    parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
-    parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
-    parser.add_argument("--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep")
-    parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
-    parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
+    parser.add_argument("--tuning-db", help="a tuning directory written by tools/tune.py: the functions tuned there get their tuned schedules")
     args = parser.parse_args()
 
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    if args.list_passes:
-        print("\n".join(registered_passes()))
+    model = load_model(args)
+    if model is None:
         return 0
-    model = load_onnx(args.model)
-    if args.input_shape:
-        model = set_input_shapes(model, dict(args.input_shape))
-    result = compile_model(model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options(args))
+    result = compile_model(
+        model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options(args), tuning_db=args.tuning_db
+    )
     artefact = result.save(args.output)
     report = result.report
     print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))
     print(f"passes {', '.join(report['passes'])}")
     print(f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> {report['params_after']:,}")
+    if args.tuning_db:
+        print(f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions ({', '.join(report['tuned_functions']) or 'none matched'})")
     print(f"wrote {artefact.directory}/: {', '.join(sorted(path.name for path in artefact.directory.iterdir()))}")
     return 0
 

@@ -1,0 +1,301 @@
+"""MetaSchedule tuning of a model's fused PrimFuncs, measured on this host or on a device through an RPC
+tracker, kept in a JSON database that builds then apply (``compile_model(..., tuning_db=DIR)``).
+
+    spec = resolve_target("arm_cpu")
+    tune(model, spec, "tuning/", trials=200, rpc_address=RPCAddress.parse("127.0.0.1:9190:arm64-qemu"))
+    compile_model(model, "arm_cpu", tuning_db="tuning/").save("build/")
+
+The tasks are the PrimFuncs of the module after the same passes and the same first half of the Relax
+pipeline as a build (:func:`edgesparse.backends.tvm_build.fuse`), so the database holds exactly what
+the build looks up. A board farm is several RPC servers under one key: the runner keeps one session per
+registered server busy and the tracker hands each request to a free one. The database is written as
+candidates are measured, and a second run counts what it already holds: it only tunes what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import tvm
+from tqdm import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from edgesparse.backends.compiler import optimize
+from edgesparse.backends.relax_import import import_to_relax
+from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
+from edgesparse.backends.targets import TargetSpec
+from edgesparse.backends.timing import use_all_cores
+from edgesparse.backends.tvm_build import export_library, fuse
+from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.pipeline import DEFAULT_PASSES
+
+# CPU targets: MetaSchedule's GPU rules would need an OpenCL/CUDA runtime on the board, untested here.
+TUNABLE_TARGETS = ("llvm", "arm_cpu")
+# A candidate's build runs in a fresh worker that first imports TVM; slow machines need more than 30 s.
+BUILD_TIMEOUT_S = 120.0
+# One candidate's RPC session (upload, load, time_evaluator): a slow or emulated board needs minutes.
+SESSION_TIMEOUT_S = 180
+# Warm-up, then 3 runs; repeated until a repeat lasts 100 ms so that microsecond kernels are not noise.
+EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100, enable_cpu_cache_flush=False)
+# The name of each candidate library, on this host and as uploaded to the board.
+CANDIDATE_FILE = "candidate.so"
+# Keys of the tasks whose search space ran out, in the tuning directory beside MetaSchedule's files.
+EXHAUSTED_FILE = "exhausted_tasks.json"
+# Candidates per search round and task: small rounds let the cost model learn between them.
+MAX_TRIALS_PER_ROUND = 16
+
+
+@dataclasses.dataclass
+class TaskResult:
+    name: str
+    # Measurements in the database (earlier runs included), failed candidates counted.
+    trials: int
+    # Mean latency of the fastest candidate in the database; None: none ran successfully yet.
+    best_ms: float | None
+
+
+@dataclasses.dataclass
+class TuningSummary:
+    work_dir: Path
+    target: Target
+    tasks: list[TaskResult]
+    # Candidates measured by this run (0: the database already held the requested trials).
+    measured: int
+    # Of those, candidates that failed to build or run (they count as trials, never as fast).
+    failed: int
+
+
+def tuning_target(spec: TargetSpec, rpc_address: RPCAddress | None) -> Target:
+    """``spec.target`` with the ``num-cores`` MetaSchedule needs: the target's own, else the device's
+    TVM thread count (this host's core count when measuring here)."""
+    if "num-cores" in spec.target.attrs:
+        return spec.target
+    cores = device_threads(rpc_address) if rpc_address is not None else os.cpu_count() or 1
+    return Target({**spec.target.export(), "num-cores": cores}, host=spec.target.host)
+
+
+def device_threads(rpc_address: RPCAddress) -> int:
+    """How many threads the device's TVM runtime runs a parallel loop on."""
+    return int(request_session(rpc_address).get_function("runtime.NumThreads")())
+
+
+def extract_tasks(model: ir.Model, spec: TargetSpec, target: Target) -> list[ms.ExtractedTask]:
+    """The tuning tasks of an optimized model: its fused, not yet scheduled PrimFuncs."""
+    return ms.relax_integration.extract_tasks(fuse(import_to_relax(model, spec.target), spec), target)
+
+
+def _build_candidate(mod: tvm.IRModule, target: Target, _params: Mapping | None) -> tvm.runtime.Module:
+    """MetaSchedule's default build minus its import of ``tvm.s_tir.tensor_intrin`` (30-40 s in every
+    fresh build worker here, longer than the build timeout), which fp32 CPU schedules do not use."""
+    mod = tvm.s_tir.transform.RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.driver.build(mod, target=target)
+
+
+def _export_candidate(module: tvm.runtime.Module, cross_compiler: str | None) -> str:
+    """A shared library linked here (for ARM by the cross compiler): the board never links anything."""
+    path = os.path.join(tempfile.mkdtemp(prefix="edgesparse-candidate-"), CANDIDATE_FILE)
+    export_library(module, path, cross_compiler)
+    return path
+
+
+def make_builder(spec: TargetSpec) -> ms.builder.LocalBuilder:
+    return ms.builder.LocalBuilder(
+        f_build=_build_candidate,
+        f_export=functools.partial(_export_candidate, cross_compiler=spec.cross_compiler),
+        timeout_sec=BUILD_TIMEOUT_S,
+    )
+
+
+def make_runner(rpc_address: RPCAddress | None, session_timeout_s: float = SESSION_TIMEOUT_S) -> ms.runner.Runner:
+    """This host's runner, or an RPC runner with one worker per server registered under the key."""
+    if rpc_address is None:
+        use_all_cores()  # the runner's workers inherit it: measure with the threads a deployment uses
+        return ms.runner.LocalRunner(timeout_sec=session_timeout_s, evaluator_config=EVALUATOR)
+    servers = registered_servers(rpc_address)
+    config = ms.runner.RPCConfig(
+        tracker_host=rpc_address.host,
+        tracker_port=rpc_address.port,
+        tracker_key=rpc_address.key,
+        session_timeout_sec=int(session_timeout_s),
+    )
+    return ms.runner.RPCRunner(config, EVALUATOR, max_workers=servers)
+
+
+def registered_servers(rpc_address: RPCAddress) -> int:
+    """Servers registered under the key (a one-line error when the tracker or the key is not there)."""
+    summary = check_tracker(rpc_address).summary()
+    return sum(1 for server in summary["server_info"] if server["key"].split(":")[-1] == rpc_address.key)
+
+
+def task_key(task: ms.ExtractedTask) -> str:
+    """The task's workload hash, as the database keys its records."""
+    return ms.utils.shash2hex(task.dispatched[0])
+
+
+def trials_in_database(database: ms.database.Database, tasks: Sequence[ms.ExtractedTask]) -> list[int]:
+    """Per task, the candidates the database already holds for it (failed ones included)."""
+    counts = Counter(ms.utils.shash2hex(record.workload.mod) for record in database.get_all_tuning_records())
+    return [counts[task_key(task)] for task in tasks]
+
+
+def exhausted_tasks(work_dir: Path) -> set[str]:
+    """Workload keys of the tasks whose search space ran out before their share (a re-run skips them)."""
+    path = work_dir / EXHAUSTED_FILE
+    return set(json.loads(path.read_text())) if path.is_file() else set()
+
+
+def mark_exhausted(work_dir: Path, keys: set[str]) -> None:
+    if keys:
+        (work_dir / EXHAUSTED_FILE).write_text(json.dumps(sorted(exhausted_tasks(work_dir) | keys)) + "\n")
+
+
+def best_ms(database: ms.database.Database, task: ms.ExtractedTask) -> float | None:
+    """Mean latency of the task's fastest candidate in the database (top-k leaves failed ones out)."""
+    mod = task.dispatched[0]
+    records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
+    return 1e3 * sum(float(value) for value in records[0].run_secs) / len(records[0].run_secs) if records else None
+
+
+@derived_object
+class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+    """Shows the task, the trials and its best latency so far on a progress bar; counts failures."""
+
+    def __init__(self, bar: tqdm):
+        super().__init__()
+        self.bar = bar
+        self.best_s: dict[str, float] = {}
+        self.measured = 0
+        self.failed = 0
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        name = task_scheduler.tasks_[task_id].ctx.task_name
+        for built, ran in zip(builder_results, runner_results):
+            if built.error_msg is not None or ran.error_msg is not None or not ran.run_secs:
+                self.failed += 1
+                continue
+            mean_s = sum(float(value) for value in ran.run_secs) / len(ran.run_secs)
+            self.best_s[name] = min(mean_s, self.best_s.get(name, math.inf))
+        self.measured += len(runner_results)
+        best = f"{self.best_s[name] * 1e3:.4f} ms" if name in self.best_s else "-"
+        self.bar.set_postfix_str(f"{name}: best {best}, failed {self.failed}")
+        self.bar.update(len(runner_results))
+
+
+@contextlib.contextmanager
+def _metaschedule_logger_setup() -> Iterator[None]:
+    """Around MetaSchedule's logger set-up: its console keeps warnings only (its tables and rounds go to
+    work_dir/logs), and handlers without a name are kept aside meanwhile. Its dictConfig lists every
+    handler of its logger by name; one that someone else attached (pytest 9 attaches its capture
+    handler to non-propagating loggers) has none, and a second set-up in the same process fails on it."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [handler for handler in logger.handlers if handler.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.WARNING)  # the level its console handler gets
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
+
+
+def tune(
+    model: ir.Model,
+    spec: TargetSpec,
+    work_dir: str | os.PathLike,
+    trials: int,
+    rpc_address: RPCAddress | None = None,
+    *,
+    passes: Sequence[str] | str = DEFAULT_PASSES,
+    debug: bool = False,
+    pass_options: Mapping[str, Mapping[str, Any]] | None = None,
+    session_timeout_s: float = SESSION_TIMEOUT_S,
+) -> TuningSummary:
+    """Tunes ``model`` (after the passes, as compile_model runs them) for ``spec`` with MetaSchedule.
+
+    ``trials`` measured candidates are shared evenly by the tasks (at least one each). They run on the
+    device behind ``rpc_address`` (a tracker's ``HOST:PORT:KEY``), or on this host without it. Records
+    go to ``work_dir`` as they come; a re-run tunes each task only up to its share, minus what is there.
+    """
+    _check_request(spec, trials, rpc_address)
+    runner = make_runner(rpc_address, session_timeout_s)  # checks the tracker and key before any work
+    optimized, _ = optimize(model, passes, debug=debug, pass_options=pass_options)
+    target = tuning_target(spec, rpc_address)
+    tasks = extract_tasks(optimized, spec, target)
+    if not tasks:
+        raise EdgesparseError("the model has no functions to tune")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
+    database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
+    share = math.ceil(trials / len(tasks))
+    exhausted = exhausted_tasks(work_dir)
+    missing = [0 if task_key(task) in exhausted else max(0, share - count) for task, count in zip(tasks, trials_in_database(database, tasks))]
+    with tqdm(total=sum(missing), desc=f"tuning {len(tasks)} tasks", unit="trial") as bar:
+        callback = ProgressCallback(bar)
+        for count, group in _group_by_missing(tasks, missing).items():
+            _tune_group(group, count, work_dir, database, make_builder(spec), runner, callback)
+            # The scheduler stops a task short of its share only when its search space ran out.
+            mark_exhausted(work_dir, {task_key(task) for task, done in zip(group, trials_in_database(database, group)) if done < share})
+    results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
+    return TuningSummary(work_dir, target, results, callback.measured, callback.failed)
+
+
+def _check_request(spec: TargetSpec, trials: int, rpc_address: RPCAddress | None) -> None:
+    if spec.name not in TUNABLE_TARGETS:
+        raise EdgesparseError(f"--target {spec.name} cannot be tuned (tunable: {', '.join(TUNABLE_TARGETS)}); its builds use dlight schedules")
+    if trials < 1:
+        raise EdgesparseError(f"--trials {trials}: at least 1")
+    if spec.name != "llvm" and rpc_address is None:
+        raise EdgesparseError(f"--target {spec.name} measures on the board: give its tracker with --rpc HOST:PORT:KEY")
+
+
+def _group_by_missing(tasks: list[ms.ExtractedTask], missing: list[int]) -> dict[int, list[ms.ExtractedTask]]:
+    """Tasks by the trials they miss (none: left out): one scheduler run a group, as its per-task cap is one number."""
+    groups: dict[int, list[ms.ExtractedTask]] = {}
+    for task, count in zip(tasks, missing):
+        if count > 0:
+            groups.setdefault(count, []).append(task)
+    return groups
+
+
+def _tune_group(
+    tasks: list[ms.ExtractedTask],
+    trials_per_task: int,
+    work_dir: Path,
+    database: ms.database.Database,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+    progress: ProgressCallback,
+) -> None:
+    """MetaSchedule's task scheduler over ``tasks``, each up to ``trials_per_task`` new candidates."""
+    with _metaschedule_logger_setup():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, os.fspath(work_dir))
+    ms.tune_tasks(
+        tasks=contexts,
+        task_weights=weights,
+        work_dir=os.fspath(work_dir),
+        max_trials_global=trials_per_task * len(tasks),
+        max_trials_per_task=trials_per_task,
+        num_trials_per_iter=min(trials_per_task, MAX_TRIALS_PER_ROUND),
+        builder=builder,
+        runner=runner,
+        database=database,
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+        # Each task gets its share anyway, so the gradient scheduler's choice gains nothing, and it
+        # holds all results of its first pass over the tasks back: round-robin saves each round.
+        task_scheduler="round-robin",
+    )

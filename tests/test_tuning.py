@@ -1,0 +1,158 @@
+"""MetaSchedule tuning: on the emulated aarch64 device through the tracker (one server, then two under
+one key), on this host, resumed, and the errors a user meets; then builds with the database.
+Trials are tiny (CI has 2 cores): these prove the plumbing, not the speed (tools/bench.py --sections tuned)."""
+
+import json
+import socket
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_tool, save_model, set_up_device
+from edgesparse.backends import compile_model
+from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+from edgesparse.backends.rpc import RPCAddress
+from edgesparse.backends.targets import resolve_target
+from edgesparse.backends.tuning import CANDIDATE_FILE, tune
+from edgesparse.passes import EdgesparseError
+
+# A two-server farm of its own, apart from the session device (9290/9390) and the demo's (9190/9090).
+FARM_TRACKER_PORT = 9292
+FARM_SERVER_PORT = 9492
+
+
+def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
+    """Conv(3x3) + Relu, ``convs`` times: one tuning task per distinct conv shape."""
+    rng = np.random.default_rng(0)
+    nodes, weights, previous, cin = [], [], "input", 3
+    for i in range(convs):
+        weights += [
+            numpy_helper.from_array((rng.standard_normal((channels, cin, 3, 3)) * 0.2).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"b{i}"),
+        ]
+        output = "output" if i == convs - 1 else f"relu{i}"
+        nodes += [helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"conv{i}"], [output])]
+        previous, cin = output, channels
+    graph = helper.make_graph(
+        nodes,
+        "conv_net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, size, size])],
+        weights,
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def candidate_loads(device) -> list[int]:
+    """Per emulated server, the tuning candidates its log shows it loaded (one per measurement there)."""
+    return [
+        sum(1 for line in log.read_text().splitlines() if "load_module" in line and line.rstrip().endswith(f"/{CANDIDATE_FILE}"))
+        for log in sorted(device.run_dir.glob("server-*.log"))
+    ]
+
+
+def database_records(directory) -> list:
+    return [json.loads(line) for line in (directory / "database_tuning_record.json").read_text().splitlines()]
+
+
+def assert_matches_onnxruntime(model: ir.Model, run) -> None:
+    inputs = random_inputs(model, seed=5)
+    assert max_relative_error(run(inputs)["output"], run_onnxruntime(model, inputs)["output"]) < 1e-4
+
+
+def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, tmp_path):
+    model, address = conv_net(1), RPCAddress.parse(emulated_device.rpc_address)
+    loads_before = candidate_loads(emulated_device)
+    summary = tune(model, resolve_target("arm_cpu"), tmp_path / "tuning", trials=3, rpc_address=address)
+    assert (summary.measured, summary.failed) == (3, 0)
+    # Every measurement came from the device: each candidate was loaded by the emulated server, and the
+    # database holds exactly those measurements.
+    assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [3]
+    assert len(database_records(tmp_path / "tuning")) == 3
+    assert summary.tasks[0].trials == 3 and summary.tasks[0].best_ms > 0
+
+    result = compile_model(model, "arm_cpu", tuning_db=tmp_path / "tuning")
+    assert result.build.tuned_functions == [summary.tasks[0].name]
+    artefact = result.save(tmp_path / "build")
+    assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
+
+
+def test_two_devices_under_one_key_both_measure(tmp_path):
+    farm = set_up_device(FARM_TRACKER_PORT, FARM_SERVER_PORT)
+    with farm.running(n_servers=2):
+        summary = tune(conv_net(1), resolve_target("arm_cpu"), tmp_path / "tuning", trials=4, rpc_address=RPCAddress.parse(farm.rpc_address))
+        loads = candidate_loads(farm)
+    assert (summary.measured, summary.failed) == (4, 0)
+    assert sum(loads) == 4 and len(loads) == 2 and min(loads) > 0, loads
+
+
+@pytest.fixture(scope="module")
+def host_tuning(tmp_path_factory):
+    """A two-task model tuned on this host with one trial a task: (model file, tuning directory, summary)."""
+    directory = tmp_path_factory.mktemp("host")
+    model_path = save_model(conv_net(2), directory / "conv2.onnx")
+    summary = tune(conv_net(2), resolve_target("llvm"), directory / "tuning", trials=2)
+    return model_path, directory / "tuning", summary
+
+
+def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
+    model_path, tuning_dir, summary = host_tuning
+    assert (summary.measured, summary.failed) == (2, 0) and len(summary.tasks) == 2
+    result = run_tool("compile", model_path, "--target", "llvm", "--tuning-db", tuning_dir, "-o", tmp_path / "build")
+    assert result.returncode == 0, result.stderr
+    assert "tuned schedules from" in result.stdout and ": 2 functions" in result.stdout
+    run = run_tool("run", tmp_path / "build", "--check")
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
+
+
+def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
+    model_path, tuning_dir, _ = host_tuning
+    records = database_records(tuning_dir)
+    result = run_tool("tune", model_path, "--target", "llvm", "--trials", "2", "-o", tuning_dir)
+    assert result.returncode == 0, result.stderr
+    assert "measured 0 candidates on this host" in result.stdout
+    assert database_records(tuning_dir) == records
+
+
+def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
+    from edgesparse.backends import tuning
+
+    monkeypatch.setattr(tuning, "BUILD_TIMEOUT_S", 0.001)  # every build times out
+    model = conv_net(1)
+    summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)
+    assert (summary.measured, summary.failed) == (2, 2) and summary.tasks[0].best_ms is None
+    assert compile_model(model, "llvm", tuning_db=tmp_path / "tuning").build.tuned_functions == []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_tracker_is_one_error_line(tmp_path):
+    model = save_model(conv_net(1), tmp_path / "conv.onnx")
+    port = free_port()
+    result = run_tool("tune", model, "--target", "arm_cpu", "--rpc", f"127.0.0.1:{port}:arm64-qemu", "--trials", "2", "-o", tmp_path / "tuning")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: RPC tracker at 127.0.0.1:{port} does not answer (Connection refused)"]
+
+
+def test_a_key_no_device_serves_is_one_error_line(emulated_device, tmp_path):
+    model = save_model(conv_net(1), tmp_path / "conv.onnx")
+    tracker = emulated_device.rpc_address.rsplit(":", 1)[0]
+    result = run_tool("tune", model, "--target", "arm_cpu", "--rpc", f"{tracker}:pixel-farm", "--trials", "2", "-o", tmp_path / "tuning")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: RPC tracker at {tracker} has no device with key 'pixel-farm' (keys: arm64-qemu)"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("arm_cpu", "measures on the board: give its tracker with --rpc"), ("cuda", "cannot be tuned")],
+)
+def test_targets_that_cannot_be_tuned_here_are_named(target, message, tmp_path):
+    with pytest.raises(EdgesparseError, match=message):
+        tune(conv_net(1), resolve_target(target), tmp_path / "tuning", trials=1)

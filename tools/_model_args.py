@@ -1,0 +1,63 @@
+"""The model, target and pass options that compile.py and tune.py share: a tuning only matches a build
+made from the same model through the same passes, so both take them the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+import onnx_ir as ir
+
+from edgesparse.backends import TARGET_NAMES
+from edgesparse.frontends import load_onnx, set_input_shapes
+from edgesparse.passes import EdgesparseError, expand_pass_names, load_plugin, registered_passes
+
+
+def parse_shape(text: str) -> tuple[str, list[int]]:
+    name, _, dims = text.rpartition("=")
+    try:
+        return name, [int(dim) for dim in dims.split(",")]
+    except ValueError:
+        raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
+
+
+# pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
+PASS_FLAGS = {"featreg": ("sparsity", "calibrate"), "strip-channels": ("masks",)}
+
+
+def pass_options(args: argparse.Namespace) -> dict:
+    options = {}
+    for pass_name, flags in PASS_FLAGS.items():
+        given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+        if given and pass_name not in expand_pass_names(args.passes):
+            named = " and ".join(f"--{flag}" for flag in flags)
+            raise EdgesparseError(f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it with --passes default,{pass_name}")
+        if given:
+            options[pass_name] = given
+    return options
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, targets: tuple[str, ...] = TARGET_NAMES) -> None:
+    """The model file, --target/--device, and the pass options (--passes, --plugin, ...)."""
+    parser.add_argument("model", help="an .onnx file (opset 13+, older ones are upgraded)")
+    parser.add_argument("--target", required=True, help=f"one of {', '.join(targets)}")
+    parser.add_argument("--device", help="TVM target tag: an aarch64 board for arm_cpu/mali (default arm/rasp4b64), an sm_XX arch or nvidia/... tag for cuda")
+    parser.add_argument("--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline")
+    parser.add_argument("--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)")
+    parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
+    parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
+    parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
+    parser.add_argument("--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep")
+    parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
+    parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
+
+
+def load_model(args: argparse.Namespace) -> ir.Model | None:
+    """Loads the --plugin modules, then the model with --input-shape applied; None once --list-passes
+    has printed the pass names (plugins included)."""
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    if args.list_passes:
+        print("\n".join(registered_passes()))
+        return None
+    model = load_onnx(args.model)
+    return set_input_shapes(model, dict(args.input_shape)) if args.input_shape else model

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Tune an ONNX model's operators with MetaSchedule, measured on a board through a TVM RPC tracker
+(or on this host), into a database directory that compile.py --tuning-db builds with.
+
+    python tools/tune.py model.onnx --target arm_cpu --rpc 127.0.0.1:9190:arm64-qemu --trials 200 -o tuning/
+    python tools/tune.py model.onnx --target llvm --trials 500 -o tuning/          # measured on this host
+    python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build/
+
+Give the same passes and options as to compile.py: tuning matches the functions of that build. Run it
+again to resume: the trials the database already holds are not measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from _cli import run_main
+from _model_args import add_model_arguments, load_model, pass_options
+
+from edgesparse.backends.rpc import RPCAddress
+from edgesparse.backends.targets import resolve_target
+from edgesparse.backends.tuning import SESSION_TIMEOUT_S, TUNABLE_TARGETS, tune
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, TUNABLE_TARGETS)
+    parser.add_argument("-o", "--output", required=True, help="tuning directory: the MetaSchedule database (kept and resumed) and its logs")
+    parser.add_argument("--trials", type=int, required=True, help="candidates to measure in all, shared evenly by the tasks (at least one each)")
+    parser.add_argument("--rpc", type=RPCAddress.parse, help="HOST:PORT:KEY of the RPC tracker and the board's key (default: measure on this host)")
+    parser.add_argument("--session-timeout", type=float, default=SESSION_TIMEOUT_S, help="seconds one candidate may take on the board (upload, load, runs)")
+    args = parser.parse_args()
+
+    model = load_model(args)
+    if model is None:
+        return 0
+    spec = resolve_target(args.target, args.device)
+    summary = tune(
+        model,
+        spec,
+        args.output,
+        args.trials,
+        args.rpc,
+        passes=args.passes,
+        debug=args.debug,
+        pass_options=pass_options(args),
+        session_timeout_s=args.session_timeout,
+    )
+    where = f"device {args.rpc}" if args.rpc else "this host"
+    print(f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for {summary.target.attrs['num-cores']} cores")
+    for task in summary.tasks:
+        best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no successful candidate"
+        print(f"  {task.name}: {task.trials} trials, best {best}")
+    print(f"database: {summary.work_dir}/ (build with: compile.py ... --tuning-db {summary.work_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
