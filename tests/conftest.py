@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,24 @@ from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import build_zoo_model
 
 REPO = Path(__file__).resolve().parents[1]
-# Ports apart from the defaults, so a user's own running device (make demo) does not collide with tests.
-TEST_TRACKER_PORT = 9290
-TEST_SERVER_PORT = 9390
+
+
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive free loopback ports: devices started by tests never collide
+    with a user's running device (make demo) or with another test run."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
 
 # The four styles of test net and one real third-party ONNX CNN.
 MODEL_NAMES = ["resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls"]
@@ -66,5 +82,6 @@ def set_up_device(tracker_port: int, server_port: int) -> EmulatedArmDevice:
 @pytest.fixture(scope="session")
 def emulated_device():
     """One emulated server behind a tracker, for the whole session."""
-    with set_up_device(TEST_TRACKER_PORT, TEST_SERVER_PORT).running(n_servers=1) as device:
+    port = free_port(count=2)  # the tracker's, then the server's
+    with set_up_device(port, port + 1).running(n_servers=1) as device:
         yield device

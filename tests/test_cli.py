@@ -1,12 +1,11 @@
 """The command-line tools as a user meets them: the happy path, and one-line errors for bad input."""
 
-import socket
 
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import run_tool, save_model
+from conftest import free_port, run_tool, save_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.frontends import load_onnx
 
@@ -43,12 +42,6 @@ def unsupported_op_model(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
     )
     return save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bad_compile_cases(tmp_path, tiny_onnx):

@@ -3,14 +3,13 @@ one key), on this host, resumed, and the errors a user meets; then builds with t
 Trials are tiny (CI has 2 cores): these prove the plumbing, not the speed (tools/bench.py --sections tuned)."""
 
 import json
-import socket
 
 import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_tool, save_model, set_up_device
+from conftest import free_port, run_tool, save_model, set_up_device
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
@@ -19,8 +18,6 @@ from edgesparse.backends.tuning import CANDIDATE_FILE, tune
 from edgesparse.passes import EdgesparseError
 
 # A two-server farm of its own, apart from the session device (9290/9390) and the demo's (9190/9090).
-FARM_TRACKER_PORT = 9292
-FARM_SERVER_PORT = 9492
 
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
@@ -80,7 +77,8 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
 
 
 def test_two_devices_under_one_key_both_measure(tmp_path):
-    farm = set_up_device(FARM_TRACKER_PORT, FARM_SERVER_PORT)
+    port = free_port(count=3)  # the tracker's, then two servers'
+    farm = set_up_device(port, port + 1)
     with farm.running(n_servers=2):
         summary = tune(conv_net(1), resolve_target("arm_cpu"), tmp_path / "tuning", trials=4, rpc_address=RPCAddress.parse(farm.rpc_address))
         loads = candidate_loads(farm)
@@ -125,12 +123,6 @@ def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tm
     summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)
     assert (summary.measured, summary.failed) == (2, 2) and summary.tasks[0].best_ms is None
     assert compile_model(model, "llvm", tuning_db=tmp_path / "tuning").build.tuned_functions == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_an_unreachable_tracker_is_one_error_line(tmp_path):
