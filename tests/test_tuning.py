@@ -17,9 +17,6 @@ from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tuning import CANDIDATE_FILE, tune
 from edgesparse.passes import EdgesparseError
 
-# A two-server farm of its own, apart from the session device (9290/9390) and the demo's (9190/9090).
-
-
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
     """Conv(3x3) + Relu, ``convs`` times: one tuning task per distinct conv shape."""
     rng = np.random.default_rng(0)
