@@ -28,10 +28,13 @@ def run_vm(library: tvm.runtime.Module, device, inputs: Sequence[np.ndarray]) ->
     vm = VirtualMachine(library, device)
     vm.set_input("main", *[tvm.runtime.tensor(array, device) for array in inputs])
     vm.invoke_stateful("main")
-    outputs = vm.get_outputs("main")
-    if isinstance(outputs, tvm.runtime.Tensor):
-        outputs = [outputs]
-    return [output.numpy() for output in outputs]
+    # Not vm.get_outputs: its recursive closure makes a reference cycle through the VM, so over RPC the
+    # session (and the device, which serves one session at a time) stays held until Python's cycle
+    # collector happens to run. The VM module's own functions leave nothing behind.
+    arity = vm.module["get_output_arity"]("main")
+    if arity == -1:  # a single tensor, not a tuple
+        return [vm.module["get_output"]("main").numpy()]
+    return [vm.module["get_output"]("main", i).numpy() for i in range(arity)]
 
 
 def run_library(

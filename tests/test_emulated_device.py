@@ -1,5 +1,8 @@
 """arm_cpu builds run on the emulated aarch64 device (qemu-user TVM RPC server) through the tracker."""
 
+import gc
+import time
+
 import numpy as np
 import pytest
 
@@ -17,6 +20,23 @@ def test_arm_cpu_build_runs_on_the_device_and_matches_onnxruntime(name, emulated
     actual = artefact.run(inputs, RPCAddress.parse(emulated_device.rpc_address))
     expected = run_onnxruntime(model, inputs)
     assert max_relative_error(actual["output"], expected["output"]) < 1e-4
+
+
+def test_a_finished_run_gives_the_device_back(emulated_device, tmp_path):
+    """The device serves one session at a time: a run that kept its session alive (say, in a reference
+    cycle that only Python's cycle collector frees) would block every later request."""
+    model = load_model("resnet")
+    artefact = compile_model(model, "arm_cpu").save(tmp_path / "build")
+    gc.disable()  # the session must be released by the run itself, not by a collection that may not come
+    try:
+        artefact.run(random_inputs(model, seed=3), RPCAddress.parse(emulated_device.rpc_address))
+        free = [emulated_device.status()["servers_free"]]
+        while free[-1] == 0 and len(free) < 60:  # the server re-registers with the tracker after the session
+            time.sleep(0.5)
+            free.append(emulated_device.status()["servers_free"])
+    finally:
+        gc.enable()
+    assert free[-1] == 1
 
 
 def test_run_tool_on_the_device(emulated_device, tmp_path):
