@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: demo test install device bench clean
+.PHONY: demo test install device data bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ demo: device
 
 test: device
 	$(PY) -m pytest -q
+
+# Real photos and digits for the full training runs (tools/train_admp.py, tools/train_featreg.py);
+# the tests use only what the Python packages ship.
+DATA_APT_PACKAGES := opencv-doc mate-backgrounds plasma-workspace-wallpapers
+data:
+	dpkg -s $(DATA_APT_PACKAGES) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends $(DATA_APT_PACKAGES); }
 
 bench: $(STAMP)
 	$(PY) tools/bench.py

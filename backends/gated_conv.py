@@ -29,7 +29,9 @@ output channel only, so skipping per pixel-channel buys nothing over a vectorize
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -40,14 +42,8 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-# Sparsity (fraction of gated-off input elements, each pixel its own random active set) below which
-# the gated 3x3 conv 64->64 on 1x64x128x128 is slower than ONNX Runtime's dense conv (all threads,
-# full optimizations) on the development host: 2-core AMD EPYC (Zen 4, AVX-512), TVM_NUM_THREADS=2,
-# default_schedule. Measured by `python tools/bench.py --sections gated` (it prints the crossing,
-# interpolated between levels) in two runs with no other process using the CPU: 37% and 34%. At 0%
-# the kernel ran at 0.60-0.66x of ONNX Runtime's speed, at 90% 5.5-5.6x, at 95% 8.0x. A run while
-# another job loads the host slows ONNX Runtime more than this kernel and moves the crossing down.
-BREAK_EVEN_SPARSITY = 0.35
+# PrimFunc attribute holding a gated kernel's GatedConvShape (JSON): tuning finds its workloads by it.
+SHAPE_ATTR = "edgesparse.gated_conv_shape"
 
 _MASK_BITS = 64  # channels per mask word (int64)
 _VECTOR = 16  # lanes of the CPU mask and transpose loops; LLVM splits them to the target's width
@@ -306,9 +302,24 @@ def gated_conv2d(shape: GatedConvShape, threshold: float, schedule: GatedConvSch
     schedule.validate(target)
     threshold = float(np.float32(threshold))
     if _is_gpu(target):
-        return (_depthwise_gpu if shape.is_depthwise else _sparse_gpu)(shape, threshold, schedule)
-    vector = _cpu_vector_lanes(target)
-    return (_depthwise_cpu if shape.is_depthwise else _sparse_cpu)(shape, threshold, schedule, vector)
+        function = (_depthwise_gpu if shape.is_depthwise else _sparse_gpu)(shape, threshold, schedule)
+    else:
+        vector = _cpu_vector_lanes(target)
+        function = (_depthwise_cpu if shape.is_depthwise else _sparse_cpu)(shape, threshold, schedule, vector)
+    return function.with_attr(SHAPE_ATTR, json.dumps(dataclasses.asdict(shape)))
+
+
+def shape_of(function: tvm.tirx.PrimFunc) -> GatedConvShape | None:
+    """The shape of a kernel made by :func:`gated_conv2d`; None for any other PrimFunc."""
+    text = function.attrs.get(SHAPE_ATTR) if function.attrs is not None else None
+    return GatedConvShape(**json.loads(str(text))) if text is not None else None
+
+
+def workload_key(shape: GatedConvShape, target: Target) -> str:
+    """What a tuned schedule is filed under: the conv's shape on the target's kind and triple. Not
+    its threshold, which only moves the sparsity the schedule was measured at."""
+    where = {"target": target.kind.name, "mtriple": str(target.attrs.get("mtriple", ""))}
+    return json.dumps({**where, **dataclasses.asdict(shape)}, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Everything else is TVM's own import.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -15,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
 
-from edgesparse.backends.gated_conv import GatedConvShape, default_schedule, gated_conv2d, pack_weight
+from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, gated_conv2d, pack_weight, workload_key
 from edgesparse.backends.onnxruntime_ref import input_specs, to_proto
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.gated_conv_op import OP_TYPE, is_gated_conv
@@ -38,8 +39,17 @@ def constant_array(expr: relax.Expr, what: str) -> np.ndarray:
     return expr.value.numpy()
 
 
-def gated_conv(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray, bias: np.ndarray, attrs: dict, target: tvm.target.Target) -> relax.Expr:
-    """A ``call_tir`` of the gated sparse kernel, specialised to this conv's shapes and threshold."""
+def gated_conv(
+    bb: relax.BlockBuilder,
+    x: relax.Expr,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    attrs: dict,
+    target: tvm.target.Target,
+    tuned_schedules: Mapping[str, GatedConvSchedule],
+) -> relax.Expr:
+    """A ``call_tir`` of the gated sparse kernel, specialised to this conv's shapes and threshold, with
+    the tuned schedule of its workload if there is one (else the target's default)."""
     batch, channels, height, width = (int(dim) for dim in x.ty.shape.values)
     try:
         shape = GatedConvShape(
@@ -56,7 +66,7 @@ def gated_conv(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray, bias: 
         )
     except ValueError as exc:
         raise EdgesparseError(f"{OP_TYPE}: {exc}") from None
-    schedule = default_schedule(shape, target)
+    schedule = tuned_schedules.get(workload_key(shape, target)) or default_schedule(shape, target)
     # Without its own symbol the kernel gets the unique name the builder gives it, one per conv.
     function = gated_conv2d(shape, attrs["threshold"], schedule, target).without_attr("global_symbol")
     kernel = bb.add_func(function, "gated_conv")
@@ -65,9 +75,10 @@ def gated_conv(bb: relax.BlockBuilder, x: relax.Expr, weight: np.ndarray, bias: 
 
 
 class EdgesparseImporter(ONNXGraphImporter):
-    def __init__(self, shape_dict, dtype_dict, target: tvm.target.Target):
+    def __init__(self, shape_dict, dtype_dict, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule]):
         super().__init__(shape_dict, dtype_dict)
         self.target = target
+        self.tuned_schedules = tuned_schedules
 
     def _check_for_unsupported_ops(self, graph):
         # check_supported_ops() already ran on the onnx-ir model, naming the offending node.
@@ -78,10 +89,11 @@ class EdgesparseImporter(ONNXGraphImporter):
             return super()._convert_operator(op_name, inputs, attrs, opset)
         attrs = {name: attrs[name] for name in ("threshold", "strides", "pads", "dilations", "group")}
         weight, bias = constant_array(inputs[1], "weight"), constant_array(inputs[2], "bias")
-        return self.bb.normalize(gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target))
+        return self.bb.normalize(gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target, self.tuned_schedules))
 
 
-def import_to_relax(model: ir.Model, target: tvm.target.Target) -> tvm.IRModule:
+def import_to_relax(model: ir.Model, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule] | None = None) -> tvm.IRModule:
+    """``tuned_schedules``: gated kernel knobs by workload key (backends/gated_tuning.py)."""
     check_supported_ops(model)
     specs = input_specs(model)
     proto = to_proto(model)
@@ -89,6 +101,7 @@ def import_to_relax(model: ir.Model, target: tvm.target.Target) -> tvm.IRModule:
         {name: list(shape) for name, shape, _ in specs},
         {name: str(dtype) for name, _, dtype in specs},
         target,
+        tuned_schedules or {},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -35,6 +35,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
+from edgesparse.backends.gated_conv import shape_of
+from edgesparse.backends.gated_tuning import GatedScheduleRecords, gated_workloads, measuring_sparsity, tune_gated
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
@@ -93,9 +95,11 @@ def device_threads(rpc_address: RPCAddress) -> int:
     return int(request_session(rpc_address).get_function("runtime.NumThreads")())
 
 
-def extract_tasks(model: ir.Model, spec: TargetSpec, target: Target) -> list[ms.ExtractedTask]:
-    """The tuning tasks of an optimized model: its fused, not yet scheduled PrimFuncs."""
-    return ms.relax_integration.extract_tasks(fuse(import_to_relax(model, spec.target), spec), target)
+def extract_tasks(mod: tvm.IRModule, spec: TargetSpec, target: Target) -> list[ms.ExtractedTask]:
+    """MetaSchedule's tasks of an imported model: its fused, not yet scheduled PrimFuncs. The gated
+    kernels, written scheduled, are tuned by their own knobs instead (gated_tuning)."""
+    tasks = ms.relax_integration.extract_tasks(fuse(mod, spec), target)
+    return [task for task in tasks if shape_of(task.dispatched[0]["main"]) is None]
 
 
 def _build_candidate(mod: tvm.IRModule, target: Target, _params: Mapping | None) -> tvm.runtime.Module:
@@ -183,16 +187,22 @@ class ProgressCallback(ms.measure_callback.PyMeasureCallback):
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
         name = task_scheduler.tasks_[task_id].ctx.task_name
+        failed = 0
         for built, ran in zip(builder_results, runner_results):
             if built.error_msg is not None or ran.error_msg is not None or not ran.run_secs:
-                self.failed += 1
+                failed += 1
                 continue
             mean_s = sum(float(value) for value in ran.run_secs) / len(ran.run_secs)
             self.best_s[name] = min(mean_s, self.best_s.get(name, math.inf))
-        self.measured += len(runner_results)
-        best = f"{self.best_s[name] * 1e3:.4f} ms" if name in self.best_s else "-"
+        self.count(name, len(runner_results), failed, self.best_s[name] * 1e3 if name in self.best_s else None)
+
+    def count(self, name: str, measured: int, failed: int, best_ms: float | None) -> None:
+        """Adds a task's newly measured candidates to the bar."""
+        self.measured += measured
+        self.failed += failed
+        best = f"{best_ms:.4f} ms" if best_ms is not None else "-"
         self.bar.set_postfix_str(f"{name}: best {best}, failed {self.failed}")
-        self.bar.update(len(runner_results))
+        self.bar.update(measured)
 
 
 @contextlib.contextmanager
@@ -235,22 +245,28 @@ def tune(
     runner = make_runner(rpc_address, session_timeout_s)  # checks the tracker and key before any work
     optimized, _ = optimize(model, passes, debug=debug, pass_options=pass_options)
     target = tuning_target(spec, rpc_address)
-    tasks = extract_tasks(optimized, spec, target)
-    if not tasks:
+    imported = import_to_relax(optimized, spec.target)
+    tasks, gated = extract_tasks(imported, spec, target), gated_workloads(imported, target)
+    if not tasks and not gated:
         raise EdgesparseError("the model has no functions to tune")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
-    share = math.ceil(trials / len(tasks))
+    records = GatedScheduleRecords(work_dir)
+    share = math.ceil(trials / (len(tasks) + len(gated)))
     exhausted = exhausted_tasks(work_dir)
     missing = [0 if task_key(task) in exhausted else max(0, share - count) for task, count in zip(tasks, trials_in_database(database, tasks))]
-    with tqdm(total=sum(missing), desc=f"tuning {len(tasks)} tasks", unit="trial") as bar:
+    gated_missing = sum(min(share, len(workload.candidates)) - min(share, len(records.measured(workload.key))) for workload in gated)
+    with tqdm(total=sum(missing) + gated_missing, desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
         callback = ProgressCallback(bar)
         for count, group in _group_by_missing(tasks, missing).items():
             _tune_group(group, count, work_dir, database, make_builder(spec), runner, callback)
             # The scheduler stops a task short of its share only when its search space ran out.
             mark_exhausted(work_dir, {task_key(task) for task, done in zip(group, trials_in_database(database, group)) if done < share})
+        for workload, measured, failed in tune_gated(gated, target, records, share, measuring_sparsity(optimized), make_builder(spec), runner):
+            callback.count(workload.name, measured, failed, records.best_ms(workload.key))
     results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
+    results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key)) for workload in gated]
     return TuningSummary(work_dir, target, results, callback.measured, callback.failed)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx_ir as ir
@@ -20,6 +21,7 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
+from edgesparse.backends.gated_conv import GatedConvSchedule
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.passes.errors import EdgesparseError
@@ -116,8 +118,14 @@ def functions_without_kernel(build: TVMBuild) -> list[str]:
     ]
 
 
-def build(model: ir.Model, spec: TargetSpec, tuning_db: ms.Database | None = None) -> TVMBuild:
-    lowered, tuned = lower(import_to_relax(model, spec.target), spec, tuning_db)
+def build(
+    model: ir.Model,
+    spec: TargetSpec,
+    tuning_db: ms.Database | None = None,
+    gated_schedules: Mapping[str, GatedConvSchedule] | None = None,
+) -> TVMBuild:
+    """``tuning_db``: MetaSchedule's records; ``gated_schedules``: tuned gated kernel knobs by workload."""
+    lowered, tuned = lower(import_to_relax(model, spec.target, gated_schedules), spec, tuning_db)
     result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None), tuned)
     if spec.is_gpu and (missing := functions_without_kernel(result)):
         raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")

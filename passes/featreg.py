@@ -14,7 +14,8 @@ input on those inputs with the gates before it already set (halfway between two 
 on one), never below the trained threshold.
 
 Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
-conv below ``min_sparsity`` (where the gated kernel would be slower than dense) stays gate + Conv.
+conv below ``min_sparsity`` (where the gated kernel would be slower than dense; by default the
+measured break-even below) stays gate + Conv.
 
 Preserves the model's outputs exactly at the trained thresholds (GatedConv's body is the gate + Conv);
 a level or calibrated threshold changes them by design. Records the report's ``layers`` (per conv:
@@ -36,6 +37,15 @@ from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE, add_gated_conv_func
 from edgesparse.passes.macs import node_macs
 from edgesparse.passes.registry import register_pass
 from edgesparse.passes.report import record
+
+# Sparsity (fraction of gated-off input elements, each pixel its own random active set) below which
+# the gated kernel (backends/gated_conv.py, default_schedule) for a 3x3 conv 64->64 on 1x64x128x128 is
+# slower than ONNX Runtime's dense conv (all threads, full optimizations) on the development host:
+# 2-core AMD EPYC (Zen 4, AVX-512), TVM_NUM_THREADS=2. Measured by `python tools/bench.py --sections
+# gated` (it prints the crossing, interpolated between levels) in two runs with no other process using the CPU: 37% and 34%. At 0%
+# the kernel ran at 0.60-0.66x of ONNX Runtime's speed, at 90% 5.5-5.6x, at 95% 8.0x. A run while
+# another job loads the host slows ONNX Runtime more than this kernel and moves the crossing down.
+BREAK_EVEN_SPARSITY = 0.35
 
 LEVELS_METADATA_KEY = "featreg.levels"
 
@@ -172,7 +182,7 @@ def threshold_for_sparsity(features: np.ndarray, sparsity: float) -> float:
 
 @register_pass("featreg")
 class FeatRegPass(ir.passes.InPlacePass):
-    def __init__(self, sparsity: float | None = None, calibrate: str | os.PathLike | None = None, min_sparsity: float = 0.0, calibration_limit: int = 16):
+    def __init__(self, sparsity: float | None = None, calibrate: str | os.PathLike | None = None, min_sparsity: float = BREAK_EVEN_SPARSITY, calibration_limit: int = 16):
         self.sparsity = sparsity
         self.calibrate = calibrate
         self.min_sparsity = min_sparsity

@@ -73,6 +73,16 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
 
+def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path):
+    model, address = gated_net(), RPCAddress.parse(emulated_device.rpc_address)
+    loads_before = candidate_loads(emulated_device)
+    summary = tune(model, resolve_target("arm_cpu"), tmp_path / "tuning", trials=2, rpc_address=address, passes="default,featreg")
+    assert (summary.measured, summary.failed) == (2, 0) and summary.tasks[0].best_ms > 0
+    assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [2]
+    artefact = compile_model(model, "arm_cpu", passes="default,featreg", tuning_db=tmp_path / "tuning").save(tmp_path / "build")
+    assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
+
+
 def test_two_devices_under_one_key_both_measure(tmp_path):
     port = free_port(count=3)  # the tracker's, then two servers'
     farm = set_up_device(port, port + 1)
@@ -120,6 +130,45 @@ def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tm
     summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)
     assert (summary.measured, summary.failed) == (2, 2) and summary.tasks[0].best_ms is None
     assert compile_model(model, "llvm", tuning_db=tmp_path / "tuning").build.tuned_functions == []
+
+
+def gated_net(channels: int = 16, size: int = 12) -> ir.Model:
+    """Relu -> Conv 3x3: after the featreg pass one GatedConv, the only function to tune."""
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["gated"]), helper.make_node("Conv", ["gated", "w", "b"], ["output"], pads=[1, 1, 1, 1])],
+        "gated_net",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, size, size])],
+        [
+            numpy_helper.from_array((rng.standard_normal((channels, channels, 3, 3)) * 0.2).astype(np.float32), "w"),
+            numpy_helper.from_array(np.zeros(channels, np.float32), "b"),
+        ],
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monkeypatch, tmp_path):
+    from edgesparse.backends import relax_import
+    from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, schedule_space
+    from edgesparse.backends.gated_tuning import SCHEDULES_FILE
+
+    model, spec = gated_net(), resolve_target("llvm")
+    summary = tune(model, spec, tmp_path / "tuning", trials=3, passes="default,featreg")
+    assert [(task.name, task.trials) for task in summary.tasks] == [("gated_conv 16->16 3x3 on 12x12", 3)]
+    assert summary.failed == 0 and summary.tasks[0].best_ms > 0
+    [records] = json.loads((tmp_path / "tuning" / SCHEDULES_FILE).read_text()).values()
+    shape = GatedConvShape(1, 16, 16, 12, 12, (3, 3), pads=(1, 1, 1, 1))
+    measured = [GatedConvSchedule(**record["schedule"]) for record in records]
+    assert measured[0] == default_schedule(shape, spec.target) and set(measured) <= set(schedule_space(shape, spec.target))
+    assert min(record["ms"] for record in records) == pytest.approx(summary.tasks[0].best_ms)
+
+    fastest = min(records, key=lambda record: record["ms"])["schedule"]
+    built_with, make_kernel = [], relax_import.gated_conv2d
+    monkeypatch.setattr(relax_import, "gated_conv2d", lambda shape, threshold, schedule, target: built_with.append(schedule) or make_kernel(shape, threshold, schedule, target))
+    tuned = compile_model(model, "llvm", passes="default,featreg", tuning_db=tmp_path / "tuning")
+    assert built_with == [GatedConvSchedule(**fastest)]
+    assert_matches_onnxruntime(model, tuned.run)
 
 
 def test_an_unreachable_tracker_is_one_error_line(tmp_path):

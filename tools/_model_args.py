@@ -21,7 +21,7 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
 
 
 # pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
-PASS_FLAGS = {"featreg": ("sparsity", "calibrate"), "strip-channels": ("masks",)}
+PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks",)}
 
 
 def pass_options(args: argparse.Namespace) -> dict:
@@ -29,7 +29,7 @@ def pass_options(args: argparse.Namespace) -> dict:
     for pass_name, flags in PASS_FLAGS.items():
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
         if given and pass_name not in expand_pass_names(args.passes):
-            named = " and ".join(f"--{flag}" for flag in flags)
+            named = " and ".join(f"--{flag.replace('_', '-')}" for flag in flags)
             raise EdgesparseError(f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it with --passes default,{pass_name}")
         if given:
             options[pass_name] = given
@@ -46,6 +46,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, targets: tuple[str, ...
     parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
     parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
     parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
+    parser.add_argument("--min-sparsity", type=float, help="featreg: a calibrated conv sparser than this takes the gated kernel, others stay dense (default: the measured break-even, 0.35)")
     parser.add_argument("--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep")
     parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
     parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")

@@ -1,0 +1,161 @@
+"""Tuning of the gated sparse kernels' knobs, measured by the same MetaSchedule builder and runner as
+the dense tasks (on the board through the tracker, or on this host).
+
+MetaSchedule searches schedules of unscheduled PrimFuncs; a gated kernel is written scheduled, and its
+search space is the grid of :class:`GatedConvSchedule` knobs that :func:`schedule_space` lists. Each
+distinct gated conv shape of the model is one workload. Its candidates are measured in a fixed order
+(the default schedule first, the rest shuffled with a fixed seed), so a re-run measures only those it
+has not measured yet. Every measurement, failures included, goes to ``gated_schedules.json`` in the
+tuning directory as soon as a workload's round is done; builds take the fastest schedule per workload
+from it (``compile_model(..., tuning_db=DIR)``).
+
+The runner fills kernel arguments with uniform values in [1, 10) (TVM's ``random_fill_for_measure``),
+so a candidate is built for measuring with the threshold that gates off the asked ``sparsity`` of such
+values: its time is the time at that sparsity. The built model keeps its own thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx_ir as ir
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, gated_conv2d, schedule_space, shape_of, workload_key
+from edgesparse.passes.report import recorded_reports
+
+SCHEDULES_FILE = "gated_schedules.json"
+# random_fill_for_measure's range: the threshold 1 + 9 s gates off a fraction s of the values.
+_FILL_LOW, _FILL_HIGH = 1.0, 10.0
+
+
+@dataclasses.dataclass
+class GatedWorkload:
+    shape: GatedConvShape
+    key: str
+    # Candidate knobs in measuring order: the default first.
+    candidates: list[GatedConvSchedule]
+
+    @property
+    def name(self) -> str:
+        shape = self.shape
+        kind = "depthwise" if shape.is_depthwise else f"{shape.in_channels}->{shape.out_channels}"
+        return f"gated_conv {kind} {shape.kernel[0]}x{shape.kernel[1]} on {shape.height}x{shape.width}"
+
+
+def gated_workloads(mod: tvm.IRModule, target: Target) -> list[GatedWorkload]:
+    """One workload per distinct gated kernel shape in an imported Relax module."""
+    shapes = {shape for _, function in mod.functions_items() if isinstance(function, tvm.tirx.PrimFunc) and (shape := shape_of(function)) is not None}
+    workloads = []
+    for shape in sorted(shapes, key=repr):
+        default = default_schedule(shape, target)
+        rest = [schedule for schedule in schedule_space(shape, target) if schedule != default]
+        random.Random(workload_key(shape, target)).shuffle(rest)
+        workloads.append(GatedWorkload(shape, workload_key(shape, target), [default, *rest]))
+    return workloads
+
+
+def measuring_sparsity(model: ir.Model) -> float:
+    """The sparsity to time the kernels at: the mean input sparsity the featreg pass measured on the
+    gated layers (calibrated models), else the model's chosen level, else one half."""
+    reports = recorded_reports(model)
+    layers = json.loads(reports.get("layers", "[]"))
+    measured = [layer["input_sparsity"] for layer in layers if layer.get("op") == "GatedConv" and layer.get("input_sparsity") is not None]
+    if measured:
+        return sum(measured) / len(measured)
+    level = json.loads(reports.get("featreg", "{}")).get("sparsity_level")
+    return float(level) if level is not None else 0.5
+
+
+def measuring_threshold(sparsity: float) -> float:
+    return _FILL_LOW + (_FILL_HIGH - _FILL_LOW) * sparsity
+
+
+class GatedScheduleRecords:
+    """``gated_schedules.json``: per workload key, every measured candidate (``ms`` None: failed)."""
+
+    def __init__(self, work_dir: str | os.PathLike):
+        self.path = Path(work_dir) / SCHEDULES_FILE
+        self.records: dict[str, list[dict]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def measured(self, key: str) -> list[GatedConvSchedule]:
+        return [GatedConvSchedule(**record["schedule"]) for record in self.records.get(key, [])]
+
+    def add(self, key: str, schedule: GatedConvSchedule, mean_ms: float | None, error: str | None) -> None:
+        self.records.setdefault(key, []).append({"schedule": dataclasses.asdict(schedule), "ms": mean_ms, "error": error})
+
+    def save(self) -> None:
+        staging = self.path.with_suffix(".tmp")
+        staging.write_text(json.dumps(self.records, indent=1) + "\n")
+        staging.replace(self.path)
+
+    def best_ms(self, key: str) -> float | None:
+        times = [record["ms"] for record in self.records.get(key, []) if record["ms"] is not None]
+        return min(times) if times else None
+
+    def best_schedules(self) -> dict[str, GatedConvSchedule]:
+        """Workload key -> the fastest candidate that ran (workloads with none are left out)."""
+        best = {}
+        for key, records in self.records.items():
+            ran = [record for record in records if record["ms"] is not None]
+            if ran:
+                best[key] = GatedConvSchedule(**min(ran, key=lambda record: record["ms"])["schedule"])
+        return best
+
+
+def tune_gated(
+    workloads: list[GatedWorkload],
+    target: Target,
+    records: GatedScheduleRecords,
+    trials_per_workload: int,
+    sparsity: float,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+) -> Iterator[tuple[GatedWorkload, int, int]]:
+    """Measures each workload's next unmeasured candidates, up to ``trials_per_workload`` in all;
+    yields (workload, candidates measured now, of which failed) as each workload is saved."""
+    for workload in workloads:
+        done = set(records.measured(workload.key))
+        todo = [schedule for schedule in workload.candidates if schedule not in done][: max(0, trials_per_workload - len(done))]
+        results = list(_measure(workload.shape, todo, target, sparsity, builder, runner))
+        for schedule, (mean_ms, error) in zip(todo, results):
+            records.add(workload.key, schedule, mean_ms, error)
+        records.save()
+        yield workload, len(results), sum(error is not None for _, error in results)
+
+
+def _measure(
+    shape: GatedConvShape,
+    schedules: list[GatedConvSchedule],
+    target: Target,
+    sparsity: float,
+    builder: ms.builder.Builder,
+    runner: ms.runner.Runner,
+) -> Iterator[tuple[float | None, str | None]]:
+    """(mean ms, None) or (None, error) per schedule: built together, then run together."""
+    if not schedules:
+        return
+    functions = [gated_conv2d(shape, measuring_threshold(sparsity), schedule, target).with_attr("global_symbol", "main") for schedule in schedules]
+    built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": function}), target) for function in functions])
+    inputs = [
+        ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(function))  # CPU targets only
+        for result, function in zip(built, functions)
+        if result.error_msg is None
+    ]
+    futures = iter(runner.run(inputs))
+    for result in built:
+        if result.error_msg is not None:
+            yield None, f"build: {result.error_msg.splitlines()[0] if result.error_msg else 'failed'}"
+            continue
+        ran = next(futures).result()
+        if ran.error_msg is not None or not ran.run_secs:
+            yield None, f"run: {(ran.error_msg or 'no time').splitlines()[0]}"
+        else:
+            yield 1e3 * sum(float(value) for value in ran.run_secs) / len(ran.run_secs), None
