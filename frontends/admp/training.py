@@ -1,0 +1,86 @@
+"""The training loop: epochs over a stage with tqdm, a checkpoint after every epoch, resume from it.
+
+A stage's checkpoint (``<name>.ckpt``) holds the epoch count done, the state of everything it trains
+(model, optimizer, ADMM...) and the RNG state; a run started again resumes each stage where its
+checkpoint left it, and skips the stages already done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch.nn.functional import affine_grid, grid_sample
+from tqdm import trange
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> object: ...
+
+
+def run_stage(path: Path, epochs: int, train_epoch: Callable[[int], dict[str, float]], state: dict[str, Stateful]) -> None:
+    """Calls ``train_epoch(epoch)`` until ``epochs`` epochs are done (counting those in ``path``'s checkpoint)."""
+    done = 0
+    if path.exists():
+        checkpoint = torch.load(path, weights_only=False)
+        for key, item in state.items():
+            item.load_state_dict(checkpoint[key])
+        torch.set_rng_state(checkpoint["rng"])
+        done = checkpoint["epoch"]
+    progress = trange(done, epochs, initial=done, total=epochs, desc=path.stem, leave=False)
+    for epoch in progress:
+        progress.set_postfix(train_epoch(epoch))
+        checkpoint = {key: item.state_dict() for key, item in state.items()} | {"epoch": epoch + 1, "rng": torch.get_rng_state()}
+        # Written aside then renamed: an interruption never leaves a half-written checkpoint.
+        torch.save(checkpoint, path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+
+
+def batches(count: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """Index batches of a fresh random permutation (the last, short batch dropped unless it is all)."""
+    order = torch.randperm(count)
+    for start in range(0, max(count - batch_size, 0) + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits in eval mode."""
+    model.eval()
+    return torch.cat([model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
+
+
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(model, images).argmax(1) == labels).float().mean())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """AdaBN: BatchNorm running statistics re-estimated on ``images`` (a cumulative average)."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start : start + batch_size])
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
+
+
+def augment(images: torch.Tensor, rotation: float = 0.25, scale: float = 0.15, shift: float = 0.1) -> torch.Tensor:
+    """Random affine jitter (rotation in radians, relative scale and shift), one draw per image: a
+    labelled domain seen under small changes of pose generalises further than its own framing."""
+    count = len(images)
+    angle = (torch.rand(count) * 2 - 1) * rotation
+    zoom = 1 + (torch.rand(count) * 2 - 1) * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    offset = (torch.rand(count, 2) * 2 - 1) * shift * 2  # grid coordinates span [-1, 1]
+    theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    grid = affine_grid(theta, list(images.shape), align_corners=False)
+    return grid_sample(images, grid, align_corners=False)
