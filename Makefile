@@ -21,12 +21,16 @@ $(STAMP): pyproject.toml constraints.txt
 device: $(STAMP)
 	$(PY) tools/device.py setup
 
-# Built-in example CNN -> ONNX -> passes -> arm_cpu library -> run on the emulated aarch64 device over RPC.
+# Built-in example CNN -> ONNX -> passes -> arm_cpu library -> run on the emulated aarch64 device over RPC;
+# then the committed FeatReg SR model at its 90% level: gated sparse kernels, same device.
 demo: device
 	$(PY) tools/zoo.py tiny -o $(DEMO)/tiny.onnx
 	$(PY) tools/compile.py $(DEMO)/tiny.onnx --target arm_cpu -o $(DEMO)/arm_cpu
+	$(PY) tools/compile.py models/featreg-sr-x2.onnx --target arm_cpu --passes default,featreg --sparsity 0.9 \
+		--input-shape input=1,3,64,64 -o $(DEMO)/featreg-sr-x2
 	$(PY) tools/device.py start
-	$(PY) tools/run.py $(DEMO)/arm_cpu --rpc 127.0.0.1:9190:arm64-qemu --check; \
+	$(PY) tools/run.py $(DEMO)/arm_cpu --rpc 127.0.0.1:9190:arm64-qemu --check && \
+		$(PY) tools/run.py $(DEMO)/featreg-sr-x2 --rpc 127.0.0.1:9190:arm64-qemu --check; \
 		status=$$?; $(PY) tools/device.py stop; exit $$status
 
 test: device

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgesparse.frontends.featreg_modules import FeatRegEDSR
+from edgesparse.frontends.featreg.nets import FeatRegEDSR
 
 
 def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:

@@ -12,7 +12,7 @@ from conftest import load_model
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
-from edgesparse.frontends.featreg_modules import ThresholdGate
+from edgesparse.frontends.featreg.gate import ThresholdGate
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import build_zoo_model
 

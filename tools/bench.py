@@ -228,7 +228,7 @@ def featreg_net_section(args: argparse.Namespace) -> None:
 
     from edgesparse.backends import compile_model
     from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
-    from edgesparse.frontends.featreg_modules import FeatRegEDSR
+    from edgesparse.frontends.featreg.nets import FeatRegEDSR
     from edgesparse.frontends.torch_frontend import from_torch
 
     torch.manual_seed(0)

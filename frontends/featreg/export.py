@@ -1,0 +1,58 @@
+"""A trained FeatReg net to ONNX in the gate form the ``featreg`` pass reads, every level in its metadata.
+
+The gates export as ``Where(Greater(x, t), x, 0)`` at the lowest level's thresholds (the model runs at that
+level as it is); metadata ``featreg.levels`` maps each level to {ONNX gate node name: threshold} and
+``featreg.task`` records the task (``{"task": "sr", "scale": 2}`` or ``{"task": "denoise", "sigma": 25}``).
+Height and width are symbolic: fix them (``set_input_shapes``, ``--input-shape``) to compile with TVM.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from edgesparse.frontends.featreg.controller import SparsityController
+from edgesparse.frontends.onnx_frontend import onnx_bytes_to_ir
+from edgesparse.frontends.torch_frontend import EXPORT_OPSET
+from edgesparse.passes.featreg import LEVELS_METADATA_KEY, gated_convs
+from edgesparse.passes.pipeline import run_pipeline
+
+TASK_METADATA_KEY = "featreg.task"
+
+
+def export_onnx(model: nn.Module, controller: SparsityController, task: dict, channels: int = 3) -> ir.Model:
+    model = model.eval()
+    if controller.levels:
+        controller.apply(controller.levels[0])
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's, on every call
+        torch.onnx.export(
+            model, (torch.rand(1, channels, 32, 32),), buffer, dynamo=False, opset_version=EXPORT_OPSET,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {2: "height", 3: "width"}, "output": {2: "out_height", 3: "out_width"}},
+        )  # fmt: skip
+    # The clean-up pipeline lifts the exporter's Constant nodes (thresholds among them) to initializers,
+    # where the pass's gate matching looks for them.
+    exported = run_pipeline(onnx_bytes_to_ir(buffer.getvalue(), source=type(model).__name__))
+    onnx_gates = [gate for _, gate in gated_convs(exported.graph)]
+    # The graph holds the gates in call order, as the controller does: pair them and check the pairing.
+    torch_thresholds = [float(gate.threshold) for gate in controller.gates]
+    if len(onnx_gates) != len(controller.gates) or not np.allclose([gate.threshold for gate in onnx_gates], torch_thresholds, atol=1e-6):
+        raise RuntimeError(f"the exported graph's {len(onnx_gates)} gates do not pair with the net's {len(controller.gates)}")
+    levels = {str(level): {gate.name: float(t) for gate, t in zip(onnx_gates, controller.thresholds[level].tolist())} for level in controller.levels}
+    exported.metadata_props[LEVELS_METADATA_KEY] = json.dumps(levels)
+    exported.metadata_props[TASK_METADATA_KEY] = json.dumps(task)
+    return exported
+
+
+def save_onnx(model: ir.Model, path: str | os.PathLike) -> None:
+    onnx.save(ir.serde.serialize_model(model), path)

@@ -1,0 +1,92 @@
+"""Multi-sparsity training: one set of weights trained for several sparsity levels at once.
+
+Each batch draws one level uniformly from the model's levels; every gate runs at that batch's quantile
+for the level (:meth:`SparsityController.tracking`), so the net learns to work at all of them and one
+model serves them all, a threshold set each. Loss: L1 to the target + ``reg_weight`` x the FeatReg penalty
+(:mod:`~edgesparse.frontends.featreg.regularizer`). No levels: the dense baseline, every gate a ReLU
+(threshold 0), trained the same way. Adam with a cosine learning-rate decay; a checkpoint (weights,
+optimizer, schedule, controller, sampler, step) every ``checkpoint_every`` steps, written atomically, from
+which :func:`train` resumes after an interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgesparse.frontends.featreg.controller import SparsityController
+from edgesparse.frontends.featreg.data import PatchSampler
+from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 3000
+    lr: float = 5e-4
+    reg_weight: float = 0.01
+    reg_kind: str = "hoyer"
+    checkpoint_every: int = 200
+    seed: int = 0
+
+
+def train(model: nn.Module, controller: SparsityController, sampler: PatchSampler, config: TrainConfig, out_dir: Path, *, progress: bool = True) -> list[dict]:
+    """Trains ``model`` in place up to ``config.steps`` (resuming from ``out_dir``'s checkpoint); the
+    training log (one entry per logged step) is returned and kept in the checkpoint."""
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
+    level_generator = torch.Generator().manual_seed(config.seed)
+    step, log = 0, []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        controller.load_state_dict(state["controller"])
+        sampler.load_state_dict(state["sampler"])
+        level_generator.set_state(state["level_generator"])
+        torch.set_rng_state(state["torch_rng"])  # the controller's quantile subsampling draws from it
+        step, log = state["step"], state["log"]
+    regularizer = FeatureRegularizer(controller.gates, config.reg_kind) if controller.levels and config.reg_weight > 0 else None
+    model.train()
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
+    while step < config.steps:
+        inputs, targets = sampler.sample()
+        level = controller.levels[int(torch.randint(len(controller.levels), (), generator=level_generator))] if controller.levels else None
+        with controller.tracking(level) if level is not None else contextlib.nullcontext():
+            outputs = model(inputs)
+        reconstruction = nn.functional.l1_loss(outputs, targets)
+        penalty = regularizer.penalty() if regularizer else torch.zeros(())
+        loss = reconstruction + config.reg_weight * penalty
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        step += 1
+        bar.update()
+        bar.set_postfix(l1=f"{reconstruction.item():.4f}", reg=f"{penalty.item():.3f}")
+        if step % 50 == 0:
+            log.append({"step": step, "level": level, "l1": reconstruction.item(), "penalty": penalty.item()})
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "controller": controller.state_dict(), "sampler": sampler.state_dict(),
+                "level_generator": level_generator.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "log": log,
+            }  # fmt: skip
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+    bar.close()
+    if regularizer:
+        regularizer.remove()
+    model.eval()
+    return log

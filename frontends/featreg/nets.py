@@ -1,0 +1,60 @@
+"""The FeatReg networks: every hidden conv reads a gated feature; only the first conv reads the image.
+
+- :class:`FeatRegEDSR`: EDSR-baseline layout for super-resolution (x2, x3, x4), optionally plus the
+  bicubic upscale of the input (``image_skip``), so the net only adds the missing detail: with gates in
+  front of the tail, carrying the whole image through a 95%-sparse feature loses its flat areas' colour.
+- :class:`FeatRegDnCNN`: DnCNN layout for denoising (predicts the noise, subtracted from the input).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgesparse.frontends.featreg.gate import ThresholdGate
+
+
+class GatedResidualBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1), ThresholdGate(), nn.Conv2d(width, width, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class FeatRegEDSR(nn.Module):
+    """EDSR-baseline layout (head, residual blocks, global skip, conv + PixelShuffle, tail) with a gate in
+    front of every conv but the head, which reads the image."""
+
+    def __init__(self, scale: int = 2, width: int = 64, blocks: int = 4, channels: int = 3, image_skip: bool = False):
+        super().__init__()
+        self.scale, self.image_skip = scale, image_skip
+        self.head = nn.Conv2d(channels, width, 3, padding=1)
+        self.body = nn.Sequential(*[GatedResidualBlock(width) for _ in range(blocks)], ThresholdGate(), nn.Conv2d(width, width, 3, padding=1))
+        self.upsample = nn.Sequential(ThresholdGate(), nn.Conv2d(width, width * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        self.tail = nn.Sequential(ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, x):
+        features = self.head(x)
+        detail = self.tail(self.upsample(features + self.body(features)))
+        return detail + nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False) if self.image_skip else detail
+
+
+class FeatRegDnCNN(nn.Module):
+    """DnCNN: conv, then ``depth - 2`` x (gate, conv, BatchNorm), then gate + conv to the noise estimate,
+    which the net subtracts from its input. BatchNorm folds into the conv before it at export."""
+
+    def __init__(self, width: int = 64, depth: int = 17, channels: int = 3):
+        super().__init__()
+        hidden = [nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)) for _ in range(depth - 2)]
+        self.noise = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), *hidden, ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, x):
+        return x - self.noise(x)
+
+
+def build_net(task: str, *, scale: int = 2, width: int = 32, blocks: int = 4, depth: int = 10, channels: int = 3, image_skip: bool = True) -> nn.Module:
+    """The task's net: ``sr`` -> :class:`FeatRegEDSR` (``blocks``, ``image_skip``), ``denoise`` -> :class:`FeatRegDnCNN` (``depth``)."""
+    if task == "sr":
+        return FeatRegEDSR(scale=scale, width=width, blocks=blocks, channels=channels, image_skip=image_skip)
+    return FeatRegDnCNN(width=width, depth=depth, channels=channels)

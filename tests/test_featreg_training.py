@@ -1,0 +1,178 @@
+"""FeatReg training side, CI size: a tiny net, a few steps, skimage.data photos (no apt data needed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_tool
+from edgesparse.backends import compile_model
+from edgesparse.backends.onnxruntime_ref import max_relative_error
+from edgesparse.frontends.featreg.controller import SparsityController
+from edgesparse.frontends.featreg.data import Degradation, PatchSampler, package_files, skimage_photo
+from edgesparse.frontends.featreg.export import export_onnx, save_onnx
+from edgesparse.frontends.featreg.gate import gates_in_call_order
+from edgesparse.frontends.featreg.metrics import psnr_y, ssim_y
+from edgesparse.frontends.featreg.multilevel import TrainConfig, train
+from edgesparse.frontends.featreg.nets import build_net
+from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
+from edgesparse.frontends.onnx_frontend import set_input_shapes
+from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.featreg import LEVELS_METADATA_KEY
+
+LEVELS = [0.5, 0.9]
+PATCH = 24
+SR = Degradation("sr", scale=2)
+
+
+def small_photo(name: str, side: int = 96) -> np.ndarray:
+    image = Image.fromarray(skimage_photo(name))
+    image.thumbnail((side, side), Image.BICUBIC)
+    return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """(training photos, held-out photos)."""
+    return [small_photo("astronaut"), small_photo("coffee")], [small_photo("chelsea"), small_photo("rocket")]
+
+
+def tiny_training(photos, tmp_path, levels, reg_weight, steps=30, checkpoint_every=None):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_net("sr", scale=2, width=8, blocks=1)
+    controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), levels)
+    sampler = PatchSampler(photos[0], SR, PATCH, batch=8, seed=0)
+    train(model, controller, sampler, TrainConfig(steps=steps, lr=2e-3, reg_weight=reg_weight, checkpoint_every=checkpoint_every or steps), tmp_path, progress=False)
+    return model, controller
+
+
+def held_out(photos, seed):
+    return PatchSampler(photos[1], SR, PATCH, batch=32, seed=seed).sample()[0]
+
+
+@pytest.fixture(scope="module")
+def trained(photos, tmp_path_factory):
+    return tiny_training(photos, tmp_path_factory.mktemp("train"), LEVELS, reg_weight=0.05)
+
+
+def penalty_on(model, controller, inputs):
+    regularizer = FeatureRegularizer(controller.gates)
+    controller.apply(LEVELS[0])
+    with torch.no_grad():
+        model(inputs)
+    value = float(regularizer.penalty())
+    regularizer.remove()
+    return value
+
+
+def test_the_regularizer_lowers_the_sparsity_penalty(photos, trained, tmp_path):
+    plain = tiny_training(photos, tmp_path, LEVELS, reg_weight=0.0)
+    inputs = held_out(photos, seed=1)
+    assert penalty_on(*trained, inputs) < penalty_on(*plain, inputs) - 0.01
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_controller_hits_the_target_on_held_out_patches(photos, trained, level):
+    model, controller = trained
+    controller.calibrate(model, held_out(photos, seed=1), level)
+    measured = controller.measure(model, held_out(photos, seed=2), level)
+    assert len(measured) == 5
+    assert np.mean(list(measured.values())) == pytest.approx(level, abs=0.03)
+
+
+def test_training_resumes_from_its_checkpoint(photos, tmp_path, monkeypatch):
+    once, _ = tiny_training(photos, tmp_path / "once", LEVELS, reg_weight=0.05, steps=8, checkpoint_every=2)
+    sample = PatchSampler.sample
+    calls = []
+
+    def interrupted(sampler):
+        calls.append(1)
+        if len(calls) > 5:  # in step 6, after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return sample(sampler)
+
+    monkeypatch.setattr(PatchSampler, "sample", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_training(photos, tmp_path / "twice", LEVELS, reg_weight=0.05, steps=8, checkpoint_every=2)
+    monkeypatch.setattr(PatchSampler, "sample", sample)
+    resumed, _ = tiny_training(photos, tmp_path / "twice", LEVELS, reg_weight=0.05, steps=8, checkpoint_every=2)
+    for name, value in once.state_dict().items():
+        assert torch.allclose(value, resumed.state_dict()[name]), name
+
+
+@pytest.fixture(scope="module")
+def exported(photos, trained, tmp_path_factory):
+    model, controller = trained
+    for level in LEVELS:
+        controller.calibrate(model, held_out(photos, seed=1), level)
+    onnx_model = export_onnx(model, controller, {"task": "sr", "scale": 2})
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    save_onnx(onnx_model, path)
+    return onnx_model, path
+
+
+def test_export_featreg_llvm_build_matches_pytorch(photos, trained, exported):
+    model, controller = trained
+    onnx_model, _ = exported
+    assert sorted(float(level) for level in json.loads(onnx_model.metadata_props[LEVELS_METADATA_KEY])) == LEVELS
+    inputs = held_out(photos, seed=3)[:1]
+    shaped = set_input_shapes(onnx_model.clone(), {"input": list(inputs.shape)})
+    result = compile_model(shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.9, "min_sparsity": 0.0}})
+    assert [layer["op"] for layer in result.report["layers"]] == ["GatedConv"] * 5
+    controller.apply(0.9)
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+    assert max_relative_error(result.run({"input": inputs.numpy()})["output"], expected) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("images")
+    for name in ("rocket", "chelsea"):
+        Image.fromarray(small_photo(name, side=40)).save(directory / f"{name}.png")
+    return directory
+
+
+def test_eval_cli_prints_the_figures(exported, image_dir):
+    _, path = exported
+    run = run_tool("eval_featreg", path, "--images", image_dir, "--scale", "2", "--level", "0.9")
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout)
+    assert {"model", "bicubic", "sparsity", "macs_dense", "macs_effective"} <= set(figures)
+    assert {"psnr", "ssim"} == set(figures["model"]) == set(figures["bicubic"])
+    assert len(figures["sparsity"]["layers"]) == 5
+    assert figures["sparsity"]["mean"] == pytest.approx(0.9, abs=0.1)
+    assert figures["macs_effective"] < 0.3 * figures["macs_dense"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--images", "no/such/folder", "--level", "0.9"], "no such directory"), (["--level", "0.7"], "not among the model's levels")],
+    ids=["missing-folder", "unknown-level"],
+)
+def test_eval_cli_bad_input_is_a_one_line_error(exported, image_dir, args, message):
+    _, path = exported
+    run = run_tool("eval_featreg", path, *(["--images", image_dir] if "--images" not in args else []), *args)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error:") and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_missing_apt_data_says_to_run_make_data():
+    with pytest.raises(EdgesparseError, match="make data"):
+        package_files("edgesparse-no-such-package")
+
+
+def test_metrics_crop_the_border_and_rank_a_closer_image_higher():
+    reference = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    close, far = reference.copy(), reference.copy()
+    close[8:24, 8:24] ^= 4
+    far[8:24, 8:24] ^= 32
+    assert psnr_y(close, reference, 2) > psnr_y(far, reference, 2)
+    assert ssim_y(close, reference, 2) > ssim_y(far, reference, 2)
+    edge = reference.copy()
+    edge[:2] = 0  # only the cropped border differs
+    with np.errstate(divide="ignore"):
+        assert psnr_y(edge, reference, 2) == np.inf

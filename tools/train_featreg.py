@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Train a FeatReg net (one set of weights, several sparsity levels), export it, measure it.
+
+    python tools/train_featreg.py --task sr --scale 2 --levels 0.6,0.8,0.9,0.95 -o out/
+    python tools/train_featreg.py --task sr --scale 2 --dense -o out-dense/      # the dense baseline
+    python tools/train_featreg.py --task sr --scale 2 --init out-dense/ --steps 1200 --lr 2e-4 -o out/   # levels fine-tuned from it
+    python tools/train_featreg.py --task denoise --sigma 25 --levels 0.6,0.8,0.9,0.95 -o out/
+
+Writes out/checkpoint.pt (every --checkpoint-every steps; a rerun with the same -o resumes from it),
+out/model.onnx (gates in the form the featreg pass reads, every level's thresholds in its metadata) and
+out/metrics.json: the controller's check on held-out patches (target vs measured sparsity, per gate), the
+test-set figures per level through the featreg pass (as tools/eval_featreg.py prints them), and per level
+the featreg + TVM (llvm) build's image against PyTorch's and its latency against the dense build.
+Photos: `make data` (Debian wallpapers for training, OpenCV samples for the test set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _cli import run_main
+
+from edgesparse.frontends.featreg.controller import SparsityController
+from edgesparse.frontends.featreg.data import Degradation, PatchSampler, test_photos, training_photos
+from edgesparse.backends.timing import onnxruntime_latency_ms
+from edgesparse.frontends.featreg.evaluate import TestPair, evaluate_onnx, tvm_output_and_latency, with_input_shape
+from edgesparse.frontends.featreg.export import export_onnx, save_onnx
+from edgesparse.frontends.featreg.gate import gates_in_call_order
+from edgesparse.frontends.featreg.metrics import to_uint8
+from edgesparse.frontends.featreg.multilevel import CHECKPOINT, TrainConfig, train
+from edgesparse.frontends.featreg.nets import build_net
+from edgesparse.passes.errors import EdgesparseError
+
+HELD_OUT_PATCHES = 64
+# The TVM check's input: the first test photo's centre, this many output pixels a side.
+TVM_CHECK_SIDE = 256
+
+
+def parse_levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(level) for level in text.split(",") if level.strip()})
+    except ValueError:
+        raise EdgesparseError(f"--levels {text!r}: expected comma-separated fractions, e.g. 0.6,0.8,0.9") from None
+    if not levels or not all(0.0 < level < 1.0 for level in levels):
+        raise EdgesparseError(f"--levels {text!r}: expected fractions between 0 and 1")
+    return levels
+
+
+def held_out_batch(photos, degradation: Degradation, patch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return PatchSampler(photos, degradation, patch, HELD_OUT_PATCHES, seed).sample()
+
+
+def controller_check(model, controller: SparsityController, calibration: torch.Tensor, check: torch.Tensor) -> dict:
+    """Each level's thresholds fixed on one held-out batch, the sparsity they give measured on another."""
+    figures = {}
+    for level in controller.levels:
+        controller.calibrate(model, calibration, level)
+        layers = controller.measure(model, check, level)
+        figures[str(level)] = {"target": level, "measured": float(np.mean(list(layers.values()))), "layers": layers}
+    return figures
+
+
+def centre_crop(photo: np.ndarray, side: int) -> np.ndarray:
+    top, left = max(0, (photo.shape[0] - side) // 2), max(0, (photo.shape[1] - side) // 2)
+    return photo[top : top + side, left : left + side]
+
+
+def tvm_check(model, controller: SparsityController, onnx_model, pair: TestPair) -> dict:
+    """Per level: PSNR of PyTorch's image and of the featreg + TVM build's, and its latency against the dense
+    TVM build's (gates left as Where + Conv) and ONNX Runtime's."""
+    inputs = pair.input
+    _, dense_ms = tvm_output_and_latency(onnx_model, inputs, None, gated=False)
+    # ONNX Runtime on the model as exported: a second dense reference, with its own tuned conv kernels.
+    ort_ms = onnxruntime_latency_ms(with_input_shape(onnx_model, inputs), {"input": inputs}, number=3, repeat=3)
+    figures = {"shape": list(inputs.shape), "dense_ms": dense_ms, "ort_dense_ms": ort_ms, "levels": {}}
+    for level in controller.levels or [None]:
+        if level is not None:
+            controller.apply(level)
+        with torch.no_grad():
+            reference = model(torch.from_numpy(inputs)).numpy()
+        output, gated_ms = tvm_output_and_latency(onnx_model, inputs, level)
+        psnr_torch, psnr_tvm = pair.score(to_uint8(reference[0]))["psnr"], pair.score(to_uint8(output[0]))["psnr"]
+        figures["levels"][str(level)] = {"psnr_torch": psnr_torch, "psnr_tvm": psnr_tvm, "psnr_difference": abs(psnr_torch - psnr_tvm), "max_abs_difference": float(np.abs(output - reference).max()), "gated_ms": gated_ms}
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("sr", "denoise"), required=True)
+    parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="sr: the upscaling factor")
+    parser.add_argument("--sigma", type=float, default=25.0, help="denoise: the noise std in 8-bit levels")
+    parser.add_argument("--levels", default="0.6,0.8,0.9,0.95", help="the sparsity levels the one model serves")
+    parser.add_argument("--dense", action="store_true", help="train the dense baseline instead: ReLU gates, no levels, no penalty")
+    parser.add_argument("--width", type=int, default=32, help="channels of the hidden features")
+    parser.add_argument("--blocks", type=int, default=4, help="sr: residual blocks")
+    parser.add_argument("--no-image-skip", action="store_true", help="sr: no bicubic upscale of the input added to the output (EDSR's plain layout)")
+    parser.add_argument("--depth", type=int, default=10, help="denoise: conv layers")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=48, help="target patch side, in output pixels")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--reg", choices=("hoyer", "l1"), default="hoyer", help="the FeatReg penalty")
+    parser.add_argument("--reg-weight", type=float, default=0.01, help="the penalty's weight (0: none)")
+    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--skip-tvm", action="store_true", help="leave the TVM check and timing out of metrics.json")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the machine's cores are shared (CI, other runs)
+
+    levels = [] if args.dense else parse_levels(args.levels)
+    degradation = Degradation(args.task, args.scale, args.sigma)
+    task = {"task": "sr", "scale": args.scale} if args.task == "sr" else {"task": "denoise", "sigma": args.sigma}
+    photos, held_out = training_photos()
+    test = test_photos()
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(args.seed)
+    model = build_net(args.task, scale=args.scale, width=args.width, blocks=args.blocks, depth=args.depth, image_skip=not args.no_image_skip)
+    low_patch = args.patch // degradation.scale_factor
+    controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, low_patch, low_patch)), levels)
+    if args.init is not None:
+        if not (args.init / CHECKPOINT).is_file():
+            raise EdgesparseError(f"--init {args.init}: no {CHECKPOINT} in it")
+        model.load_state_dict(torch.load(args.init / CHECKPOINT, weights_only=False)["model"])
+    sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
+    config = TrainConfig(steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    log = train(model, controller, sampler, config, args.output)
+
+    calibration, _ = held_out_batch(held_out, degradation, args.patch, args.seed + 1)
+    check, _ = held_out_batch(held_out, degradation, args.patch, args.seed + 2)
+    metrics = {"args": {key: str(value) for key, value in vars(args).items()}, "task": task, "training_log_tail": log[-10:]}
+    metrics["controller"] = controller_check(model, controller, calibration, check)
+    onnx_model = export_onnx(model, controller, task)
+    save_onnx(onnx_model, args.output / "model.onnx")
+    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in levels or [None]}
+    if not args.skip_tvm:
+        first = next(iter(test.values()))
+        metrics["tvm"] = tvm_check(model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0))
+    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({level: {"psnr": figures["model"]["psnr"], "sparsity": figures["sparsity"]["mean"], "macs_effective": figures["macs_effective"]} for level, figures in metrics["test"].items()}, indent=2))
+    print(f"wrote {args.output}/: checkpoint.pt, model.onnx, metrics.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
