@@ -9,7 +9,8 @@ only (a shared weight is refused, as onnxscript's rules refuse it), explicit pad
 
 Thresholds, per gate: as trained; or sparsity level S from the model's metadata ``featreg.levels``
 (``{"0.9": {gate node name: t, ...}, ...}``, written by the FeatReg exporter); or, for a level the
-metadata lacks, calibrated on real inputs: gate by gate in graph order, the S-quantile of the gate's
+metadata lacks, calibrated on real inputs (``calibrate``: photos or .npz files, or, from Python, a
+list of input dicts): gate by gate in graph order, the S-quantile of the gate's
 input on those inputs with the gates before it already set (halfway between two feature values, never
 on one), never below the trained threshold.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -182,7 +184,13 @@ def threshold_for_sparsity(features: np.ndarray, sparsity: float) -> float:
 
 @register_pass("featreg")
 class FeatRegPass(ir.passes.InPlacePass):
-    def __init__(self, sparsity: float | None = None, calibrate: str | os.PathLike | None = None, min_sparsity: float = BREAK_EVEN_SPARSITY, calibration_limit: int = 16):
+    def __init__(
+        self,
+        sparsity: float | None = None,
+        calibrate: str | os.PathLike | Sequence[dict[str, np.ndarray]] | None = None,
+        min_sparsity: float = BREAK_EVEN_SPARSITY,
+        calibration_limit: int = 16,
+    ):
         self.sparsity = sparsity
         self.calibrate = calibrate
         self.min_sparsity = min_sparsity
@@ -231,6 +239,8 @@ class FeatRegPass(ir.passes.InPlacePass):
     def calibration_samples(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
         if self.calibrate is None:
             return []
+        if not isinstance(self.calibrate, (str, os.PathLike)):  # samples in memory, from a Python caller
+            return list(self.calibrate)[: self.calibration_limit]
         from edgesparse.frontends.calibration import load_calibration_inputs
 
         return load_calibration_inputs(self.calibrate, model, self.calibration_limit)

@@ -12,8 +12,6 @@ figures are averaged over photos. :func:`tvm_output_and_latency` builds the same
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -65,7 +63,7 @@ def with_input_shape(model: ir.Model, inputs: np.ndarray) -> ir.Model:
     return set_input_shapes(model.clone(), {model.graph.inputs[0].name: list(inputs.shape)})
 
 
-def featreg_options(level: float | None, calibration: str | None = None) -> dict:
+def featreg_options(level: float | None, calibration: list[dict[str, np.ndarray]] | None = None) -> dict:
     # min_sparsity 0: every gated conv takes the gated kernel, as the MAC figures assume.
     return {"featreg": {"sparsity": level, "min_sparsity": 0.0, **({"calibrate": calibration} if calibration else {})}}
 
@@ -74,10 +72,7 @@ def run_featreg(model: ir.Model, inputs: np.ndarray, level: float | None) -> tup
     """(output, the pass's per-layer report, the model's dense MACs) for one input through the pass."""
     shaped = with_input_shape(model, inputs)
     name = shaped.graph.inputs[0].name
-    with tempfile.TemporaryDirectory() as directory:
-        sample = Path(directory) / "sample.npz"
-        np.savez(sample, **{name: inputs})
-        optimized, _ = optimize(shaped, "default,featreg", pass_options=featreg_options(level, str(sample)))
+    optimized, _ = optimize(shaped, "default,featreg", pass_options=featreg_options(level, [{name: inputs}]))
     layers = json.loads(recorded_reports(optimized)["layers"])
     output = run_onnxruntime(optimized, {name: inputs})[optimized.graph.outputs[0].name]
     return output, layers, sum(entry.macs for entry in count_macs(optimized))
