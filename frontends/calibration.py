@@ -17,7 +17,12 @@ from PIL import Image
 
 from edgesparse.passes.errors import EdgesparseError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_files(directory: Path, also: tuple[str, ...] = ()) -> list[Path]:
+    """The PNG/JPEG files in ``directory`` (and those ending in one of ``also``), sorted by name."""
+    return sorted(path for path in directory.iterdir() if path.suffix.lower() in (*IMAGE_SUFFIXES, *also))
 
 
 def load_calibration_inputs(source: str | os.PathLike, model: ir.Model, limit: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -25,7 +30,7 @@ def load_calibration_inputs(source: str | os.PathLike, model: ir.Model, limit: i
     if source.is_file() and source.suffix == ".npz":
         files = [source]
     elif source.is_dir():
-        files = sorted(path for path in source.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES | {".npz"})
+        files = image_files(source, also=(".npz",))
     else:
         raise EdgesparseError(f"--calibrate {source}: no such directory or .npz file")
     if not files:

@@ -20,7 +20,8 @@ from pathlib import Path
 from _cli import run_main
 
 from edgesparse.frontends import load_onnx
-from edgesparse.frontends.featreg.data import IMAGE_SUFFIXES, Degradation, load_photo
+from edgesparse.frontends.calibration import image_files
+from edgesparse.frontends.featreg.data import Degradation, load_photo
 from edgesparse.frontends.featreg.evaluate import check_level, evaluate_onnx, model_task
 from edgesparse.passes.errors import EdgesparseError
 
@@ -28,7 +29,7 @@ from edgesparse.passes.errors import EdgesparseError
 def photo_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise EdgesparseError(f"--images {directory}: no such directory")
-    files = sorted(path for path in directory.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(directory)
     if not files:
         raise EdgesparseError(f"--images {directory}: no PNG or JPEG files in it")
     return files

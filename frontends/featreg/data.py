@@ -23,6 +23,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+from edgesparse.frontends.calibration import IMAGE_SUFFIXES
 from edgesparse.passes.errors import EdgesparseError
 
 TRAIN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
@@ -30,7 +31,6 @@ TEST_PACKAGE = "opencv-doc"
 TRAIN_SKIMAGE = ("astronaut", "chelsea", "coffee")
 TEST_SKIMAGE = ("rocket",)
 TEST_OPENCV = ("baboon.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "building.jpg", "messi5.jpg", "orange.jpg", "starry_night.jpg", "smarties.png", "HappyFish.jpg")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_SIDE = 1024
 HELD_OUT_EVERY = 8
 
