@@ -7,7 +7,6 @@ checkpoint left it, and skips the stages already done.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +14,8 @@ from typing import Protocol
 import torch
 from torch.nn.functional import affine_grid, grid_sample
 from tqdm import trange
+
+from edgesparse.frontends.checkpoints import save_checkpoint
 
 
 class Stateful(Protocol):
@@ -35,9 +36,7 @@ def run_stage(path: Path, epochs: int, train_epoch: Callable[[int], dict[str, fl
     for epoch in progress:
         progress.set_postfix(train_epoch(epoch))
         checkpoint = {key: item.state_dict() for key, item in state.items()} | {"epoch": epoch + 1, "rng": torch.get_rng_state()}
-        # Written aside then renamed: an interruption never leaves a half-written checkpoint.
-        torch.save(checkpoint, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        save_checkpoint(checkpoint, path)
 
 
 def batches(count: int, batch_size: int) -> Iterator[torch.Tensor]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from edgesparse.frontends.checkpoints import save_checkpoint
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.data import PatchSampler
 from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
@@ -83,8 +83,7 @@ def train(model: nn.Module, controller: SparsityController, sampler: PatchSample
                 "controller": controller.state_dict(), "sampler": sampler.state_dict(),
                 "level_generator": level_generator.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "log": log,
             }  # fmt: skip
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            save_checkpoint(state, checkpoint)
     bar.close()
     if regularizer:
         regularizer.remove()
