@@ -43,6 +43,11 @@ class GatedWorkload:
     # Candidate knobs in measuring order: the default first.
     candidates: list[GatedConvSchedule]
 
+    def unmeasured(self, records: GatedScheduleRecords, trials: int) -> list[GatedConvSchedule]:
+        """The next candidates to measure for ``trials`` in all, those in ``records`` counted."""
+        done = set(records.measured(self.key))
+        return [schedule for schedule in self.candidates if schedule not in done][: max(0, trials - len(done))]
+
     @property
     def name(self) -> str:
         shape = self.shape
@@ -97,17 +102,16 @@ class GatedScheduleRecords:
         staging.replace(self.path)
 
     def best_ms(self, key: str) -> float | None:
-        times = [record["ms"] for record in self.records.get(key, []) if record["ms"] is not None]
-        return min(times) if times else None
+        fastest = self._fastest(key)
+        return fastest["ms"] if fastest else None
 
     def best_schedules(self) -> dict[str, GatedConvSchedule]:
         """Workload key -> the fastest candidate that ran (workloads with none are left out)."""
-        best = {}
-        for key, records in self.records.items():
-            ran = [record for record in records if record["ms"] is not None]
-            if ran:
-                best[key] = GatedConvSchedule(**min(ran, key=lambda record: record["ms"])["schedule"])
-        return best
+        return {key: GatedConvSchedule(**fastest["schedule"]) for key in self.records if (fastest := self._fastest(key))}
+
+    def _fastest(self, key: str) -> dict | None:
+        ran = [record for record in self.records.get(key, []) if record["ms"] is not None]
+        return min(ran, key=lambda record: record["ms"]) if ran else None
 
 
 def tune_gated(
@@ -122,8 +126,7 @@ def tune_gated(
     """Measures each workload's next unmeasured candidates, up to ``trials_per_workload`` in all;
     yields (workload, candidates measured now, of which failed) as each workload is saved."""
     for workload in workloads:
-        done = set(records.measured(workload.key))
-        todo = [schedule for schedule in workload.candidates if schedule not in done][: max(0, trials_per_workload - len(done))]
+        todo = workload.unmeasured(records, trials_per_workload)
         results = list(_measure(workload.shape, todo, target, sparsity, builder, runner))
         for schedule, (mean_ms, error) in zip(todo, results):
             records.add(workload.key, schedule, mean_ms, error)

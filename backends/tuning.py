@@ -256,7 +256,7 @@ def tune(
     share = math.ceil(trials / (len(tasks) + len(gated)))
     exhausted = exhausted_tasks(work_dir)
     missing = [0 if task_key(task) in exhausted else max(0, share - count) for task, count in zip(tasks, trials_in_database(database, tasks))]
-    gated_missing = sum(min(share, len(workload.candidates)) - min(share, len(records.measured(workload.key))) for workload in gated)
+    gated_missing = sum(len(workload.unmeasured(records, share)) for workload in gated)
     with tqdm(total=sum(missing) + gated_missing, desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
         callback = ProgressCallback(bar)
         for count, group in _group_by_missing(tasks, missing).items():
