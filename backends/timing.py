@@ -1,9 +1,11 @@
 """Latency measurement of a TVM build and of ONNX Runtime, taken the same way so ratios are fair.
 
-Both use every core (TVM's default on a 2-core machine is one thread, ONNX Runtime's is all of them)
-and report the median of ``repeat`` timings, each the mean of ``number`` calls after a warm-up, with
-``number`` raised until one timing lasts ``min_repeat_ms`` (TVM's time_evaluator rule): a few calls
-of a sub-millisecond net are dominated by thread-pool wake-ups and cold caches, not by its work.
+Both use every core (TVM's default on a 2-core machine is one thread, ONNX Runtime's is all of them).
+A timer gives one timing: the mean of ``number`` calls after a warm-up, with ``number`` raised until one
+timing lasts ``min_repeat_ms`` (TVM's time_evaluator rule): a few calls of a sub-millisecond net are
+dominated by thread-pool wake-ups and cold caches, not by its work. A latency is the median of
+``repeat`` timings. :func:`interleaved_latencies_ms` times several runtimes in alternation, so that
+a slow spell of a shared host falls on all of them, not on whichever happened to run then.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -21,6 +24,13 @@ from tvm.runtime.vm import VirtualMachine
 
 from edgesparse.backends.onnxruntime_ref import to_proto
 
+MIN_REPEAT_MS = 50
+# Each runtime's pool threads spin for a few milliseconds after its last call (TVM's for its default
+# 300,000 spins); a timing of the other runtime started within that time would share the cores with them.
+SETTLE_S = 0.05
+
+Timer = Callable[[], float]
+
 
 def use_all_cores() -> int:
     """Sets TVM's thread pool size before its first use; returns the thread count."""
@@ -29,33 +39,50 @@ def use_all_cores() -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
-MIN_REPEAT_MS = 50
-
-
-def tvm_latency_ms(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS) -> float:
+def tvm_timer(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS) -> Timer:
+    """One timing (ms) of the VM's ``main`` per call, its inputs set once."""
     device = tvm.cpu(0)
     vm = VirtualMachine(executable, device)
     vm.set_input("main", *[tvm.runtime.tensor(array, device) for array in inputs])
     vm.invoke_stateful("main")  # warm-up
-    timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
-    return statistics.median(timer("main").results) * 1e3
+    evaluator = vm.time_evaluator("invoke_stateful", device, number=number, repeat=1, min_repeat_ms=min_repeat_ms)
+    return lambda: evaluator("main").results[0] * 1e3
 
 
-def onnxruntime_latency_ms(
-    model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS
-) -> float:
-    """ONNX Runtime with its full graph optimizations (as deployed), all cores."""
+def onnxruntime_timer(model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS) -> Timer:
+    """One timing (ms) of ONNX Runtime with its full graph optimizations (as deployed), all cores."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = use_all_cores()
     options.log_severity_level = 3
     session = ort.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     start = time.perf_counter()
     session.run(None, inputs)  # warm-up, and a first estimate of one call
-    number = max(number, math.ceil(min_repeat_ms / max(1e3 * (time.perf_counter() - start), 1e-3)))
-    timings = []
-    for _ in range(repeat):
+    calls = max(number, math.ceil(min_repeat_ms / max(1e3 * (time.perf_counter() - start), 1e-3)))
+
+    def timing() -> float:
         start = time.perf_counter()
-        for _ in range(number):
+        for _ in range(calls):
             session.run(None, inputs)
-        timings.append((time.perf_counter() - start) / number)
-    return statistics.median(timings) * 1e3
+        return (time.perf_counter() - start) / calls * 1e3
+
+    return timing
+
+
+def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5) -> list[float]:
+    """Each timer's median over ``repeat`` rounds, a round timing each once, in turn."""
+    timings: list[list[float]] = [[] for _ in timers]
+    for _ in range(repeat):
+        for timer, results in zip(timers, timings):
+            time.sleep(SETTLE_S)
+            results.append(timer())
+    return [statistics.median(results) for results in timings]
+
+
+def tvm_latency_ms(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS) -> float:
+    return interleaved_latencies_ms([tvm_timer(executable, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat)[0]
+
+
+def onnxruntime_latency_ms(
+    model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS
+) -> float:
+    return interleaved_latencies_ms([onnxruntime_timer(model, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat)[0]

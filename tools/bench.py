@@ -68,12 +68,15 @@ def models_section(args: argparse.Namespace) -> None:
     print_table("TVM llvm (untuned) vs ONNX Runtime, batch 1", ["model", "MMACs", "TVM ms", "ORT ms", "TVM/ORT"], rows)
 
 
-def latencies_ms(result, inputs: dict, args: argparse.Namespace) -> tuple[float, float]:
-    """(TVM, ONNX Runtime) latency of a compiled model at the same inputs."""
-    from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
+def latencies_ms(result, inputs: dict, args: argparse.Namespace, *other_executables) -> list[float]:
+    """[TVM, ONNX Runtime, each of ``other_executables``] latency of a compiled model at the same inputs,
+    timed in alternation."""
+    from edgesparse.backends.timing import interleaved_latencies_ms, onnxruntime_timer, tvm_timer
 
-    tvm_ms = tvm_latency_ms(result.build.executable, list(inputs.values()), number=args.number, repeat=args.repeat)
-    return tvm_ms, onnxruntime_latency_ms(result.optimized, inputs, number=args.number, repeat=args.repeat)
+    arrays = list(inputs.values())
+    timers = [tvm_timer(result.build.executable, arrays, number=args.number), onnxruntime_timer(result.optimized, inputs, number=args.number)]
+    timers += [tvm_timer(executable, arrays, number=args.number) for executable in other_executables]
+    return interleaved_latencies_ms(timers, args.repeat)
 
 
 STRIP_MODELS = ("resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls")
@@ -192,7 +195,6 @@ def tuned_section(args: argparse.Namespace) -> None:
     from edgesparse.backends import compile_model
     from edgesparse.backends.onnxruntime_ref import random_inputs
     from edgesparse.backends.targets import resolve_target
-    from edgesparse.backends.timing import tvm_latency_ms
     from edgesparse.backends.tuning import tune
 
     rows = []
@@ -202,8 +204,7 @@ def tuned_section(args: argparse.Namespace) -> None:
         summary = tune(model, resolve_target("llvm"), args.tuning_dir / name, args.trials)
         tuned = compile_model(model, "llvm", tuning_db=summary.work_dir)
         inputs = random_inputs(tuned.optimized)
-        tuned_ms, ort_ms = latencies_ms(tuned, inputs, args)
-        untuned_ms = tvm_latency_ms(compile_model(model, "llvm").build.executable, list(inputs.values()), number=args.number, repeat=args.repeat)
+        tuned_ms, ort_ms, untuned_ms = latencies_ms(tuned, inputs, args, compile_model(model, "llvm").build.executable)
         trials = sum(task.trials for task in summary.tasks)
         rows.append([
             name, f"{len(tuned.build.tuned_functions)}/{len(summary.tasks)}", str(trials),
@@ -261,7 +262,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--number", type=int, default=10, help="calls per timing")
-    parser.add_argument("--repeat", type=int, default=5, help="timings per figure (the median is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="timings per figure, taken in turn with those of the figures it is compared with (the median is shown)")
     parser.add_argument("--tuning-dir", type=Path, default=Path("build/tuning"), help="tuned: the tuning directories, one per model (kept and resumed)")
     parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (shared evenly by its tasks)")
     args = parser.parse_args()

@@ -1,0 +1,40 @@
+"""Latency timers: interleaved rounds, and TVM's and ONNX Runtime's timers on one compiled model."""
+
+import math
+
+import pytest
+from conftest import load_model
+
+from edgesparse.backends import compile_model
+from edgesparse.backends import timing
+from edgesparse.backends.onnxruntime_ref import random_inputs
+
+
+def test_interleaved_rounds_take_turns_and_give_each_timers_median(monkeypatch):
+    monkeypatch.setattr(timing, "SETTLE_S", 0.0)
+    calls = []
+
+    def fake_timer(name, values):
+        results = iter(values)
+
+        def timer():
+            calls.append(name)
+            return next(results)
+
+        return timer
+
+    medians = timing.interleaved_latencies_ms([fake_timer("a", [5.0, 1.0, 3.0]), fake_timer("b", [2.0, 9.0, 4.0])], repeat=3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert medians == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("make_timer", ["tvm", "onnxruntime"])
+def test_each_runtimes_timer_gives_a_per_call_latency(make_timer):
+    result = compile_model(load_model("tiny"), "llvm")
+    inputs = random_inputs(result.optimized)
+    if make_timer == "tvm":
+        timer = timing.tvm_timer(result.build.executable, list(inputs.values()), number=1, min_repeat_ms=20)
+    else:
+        timer = timing.onnxruntime_timer(result.optimized, inputs, number=1, min_repeat_ms=20)
+    timings = [timer() for _ in range(2)]
+    assert all(math.isfinite(value) and value > 0 for value in timings)
