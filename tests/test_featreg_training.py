@@ -176,3 +176,17 @@ def test_metrics_crop_the_border_and_rank_a_closer_image_higher():
     edge[:2] = 0  # only the cropped border differs
     with np.errstate(divide="ignore"):
         assert psnr_y(edge, reference, 2) == np.inf
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_sparsity_fine_tuning_keeps_batchnorm_statistics_when_frozen(photos, tmp_path, freeze):
+    torch.manual_seed(0)
+    model = build_net("denoise", width=8, depth=4)
+    controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), LEVELS)
+    batchnorms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    before = [(norm.running_mean.clone(), norm.running_var.clone(), norm.weight.detach().clone()) for norm in batchnorms]
+    sampler = PatchSampler(photos[0], Degradation("denoise"), PATCH, batch=4, seed=0)
+    train(model, controller, sampler, TrainConfig(steps=3, lr=1e-2, freeze_batchnorm=freeze), tmp_path, progress=False)
+    for norm, (mean, var, weight) in zip(batchnorms, before):
+        assert torch.equal(norm.running_mean, mean) == freeze and torch.equal(norm.running_var, var) == freeze
+        assert not torch.equal(norm.weight, weight)  # the affine parameters train either way

@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--reg", choices=("hoyer", "l1"), default="hoyer", help="the FeatReg penalty")
     parser.add_argument("--reg-weight", type=float, default=0.01, help="the penalty's weight (0: none)")
-    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning")
+    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning, BatchNorm statistics kept as they are")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--skip-tvm", action="store_true", help="leave the TVM check and timing out of metrics.json")
@@ -130,7 +130,10 @@ def main() -> int:
             raise EdgesparseError(f"--init {args.init}: no {CHECKPOINT} in it")
         model.load_state_dict(torch.load(args.init / CHECKPOINT, weights_only=False)["model"])
     sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
-    config = TrainConfig(steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    config = TrainConfig(
+        steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, freeze_batchnorm=bool(levels) and args.init is not None,
+    )  # fmt: skip
     log = train(model, controller, sampler, config, args.output)
 
     calibration, _ = held_out_batch(held_out, degradation, args.patch, args.seed + 1)

@@ -4,7 +4,11 @@ Each batch draws one level uniformly from the model's levels; every gate runs at
 for the level (:meth:`SparsityController.tracking`), so the net learns to work at all of them and one
 model serves them all, a threshold set each. Loss: L1 to the target + ``reg_weight`` x the FeatReg penalty
 (:mod:`~edgesparse.frontends.featreg.regularizer`). No levels: the dense baseline, every gate a ReLU
-(threshold 0), trained the same way. Adam with a cosine learning-rate decay; a checkpoint (weights,
+(threshold 0), trained the same way. ``freeze_batchnorm`` (sparsity fine-tuning of a trained net): its
+BatchNorm layers keep their running statistics and normalize with them. Batches at different levels have
+different feature statistics, so running statistics updated by all of them would fit their mix and no
+level (the problem slimmable nets solve with a BatchNorm per width); the affine parameters still train.
+Adam with a cosine learning-rate decay; a checkpoint (weights,
 optimizer, schedule, controller, sampler, step) every ``checkpoint_every`` steps, written atomically, from
 which :func:`train` resumes after an interruption.
 """
@@ -35,6 +39,15 @@ class TrainConfig:
     reg_kind: str = "hoyer"
     checkpoint_every: int = 200
     seed: int = 0
+    freeze_batchnorm: bool = False
+
+
+def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def train(model: nn.Module, controller: SparsityController, sampler: PatchSampler, config: TrainConfig, out_dir: Path, *, progress: bool = True) -> list[dict]:
@@ -58,7 +71,7 @@ def train(model: nn.Module, controller: SparsityController, sampler: PatchSample
         torch.set_rng_state(state["torch_rng"])  # the controller's quantile subsampling draws from it
         step, log = state["step"], state["log"]
     regularizer = FeatureRegularizer(controller.gates, config.reg_kind) if controller.levels and config.reg_weight > 0 else None
-    model.train()
+    set_training_mode(model, config.freeze_batchnorm)
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     while step < config.steps:
         inputs, targets = sampler.sample()
