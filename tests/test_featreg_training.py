@@ -190,3 +190,19 @@ def test_sparsity_fine_tuning_keeps_batchnorm_statistics_when_frozen(photos, tmp
     for norm, (mean, var, weight) in zip(batchnorms, before):
         assert torch.equal(norm.running_mean, mean) == freeze and torch.equal(norm.running_var, var) == freeze
         assert not torch.equal(norm.weight, weight)  # the affine parameters train either way
+
+
+def test_denoiser_with_smoothing_skip_exports_and_builds_like_pytorch():
+    torch.manual_seed(0)
+    model = build_net("denoise", width=8, depth=4).eval()
+    assert torch.allclose(model.smoothing.weight.sum(dim=(1, 2, 3)), torch.ones(3))  # a normalized Gaussian at first
+    controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), [0.8])
+    inputs = torch.rand(1, 3, 16, 16)
+    controller.calibrate(model, torch.rand(4, 3, 16, 16), 0.8)
+    shaped = set_input_shapes(export_onnx(model, controller, {"task": "denoise", "sigma": 25.0}), {"input": list(inputs.shape)})
+    result = compile_model(shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.8, "min_sparsity": 0.0}})
+    # the gated hidden convs and the last one become GatedConv; the smoothing and the first conv read the image
+    assert [layer["op"] for layer in result.report["layers"]] == ["GatedConv"] * 3
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+    assert max_relative_error(result.run({"input": inputs.numpy()})["output"], expected) < 1e-4

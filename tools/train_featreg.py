@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--dense", action="store_true", help="train the dense baseline instead: ReLU gates, no levels, no penalty")
     parser.add_argument("--width", type=int, default=32, help="channels of the hidden features")
     parser.add_argument("--blocks", type=int, default=4, help="sr: residual blocks")
-    parser.add_argument("--no-image-skip", action="store_true", help="sr: no bicubic upscale of the input added to the output (EDSR's plain layout)")
+    parser.add_argument("--no-image-skip", action="store_true", help="no bicubic upscale of the input added to the output (sr: EDSR's plain layout) / no learned smoothing of the input for the noise to be taken from (denoise: DnCNN's plain layout)")
     parser.add_argument("--depth", type=int, default=10, help="denoise: conv layers")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
@@ -106,7 +106,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--reg", choices=("hoyer", "l1"), default="hoyer", help="the FeatReg penalty")
     parser.add_argument("--reg-weight", type=float, default=0.01, help="the penalty's weight (0: none)")
-    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning, BatchNorm statistics kept as they are")
+    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning")
+    parser.add_argument("--freeze-batchnorm", action="store_true", help="keep the BatchNorm running statistics of --init's model while training levels (denoise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--skip-tvm", action="store_true", help="leave the TVM check and timing out of metrics.json")
@@ -132,7 +133,7 @@ def main() -> int:
     sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, freeze_batchnorm=bool(levels) and args.init is not None,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, freeze_batchnorm=args.freeze_batchnorm,
     )  # fmt: skip
     log = train(model, controller, sampler, config, args.output)
 

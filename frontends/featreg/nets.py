@@ -3,12 +3,18 @@
 - :class:`FeatRegEDSR`: EDSR-baseline layout for super-resolution (x2, x3, x4), optionally plus the
   bicubic upscale of the input (``image_skip``), so the net only adds the missing detail: with gates in
   front of the tail, carrying the whole image through a 95%-sparse feature loses its flat areas' colour.
-- :class:`FeatRegDnCNN`: DnCNN layout for denoising (predicts the noise, subtracted from the input).
+- :class:`FeatRegDnCNN`: DnCNN layout for denoising (predicts the noise, subtracted from the input),
+  optionally subtracted from a learned linear smoothing of the input instead (``image_skip``, a 5x5
+  depthwise conv, Gaussian at first): noise is everywhere, so a net that must output all of it needs dense
+  features; after the smoothing, what is left to correct lies mostly along edges.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+SMOOTHING_SIZE, SMOOTHING_SIGMA = 5, 1.0
 
 from edgesparse.frontends.featreg.gate import ThresholdGate
 
@@ -44,17 +50,23 @@ class FeatRegDnCNN(nn.Module):
     """DnCNN: conv, then ``depth - 2`` x (gate, conv, BatchNorm), then gate + conv to the noise estimate,
     which the net subtracts from its input. BatchNorm folds into the conv before it at export."""
 
-    def __init__(self, width: int = 64, depth: int = 17, channels: int = 3):
+    def __init__(self, width: int = 64, depth: int = 17, channels: int = 3, image_skip: bool = False):
         super().__init__()
         hidden = [nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)) for _ in range(depth - 2)]
         self.noise = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), *hidden, ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
+        self.smoothing = nn.Conv2d(channels, channels, SMOOTHING_SIZE, padding=SMOOTHING_SIZE // 2, groups=channels, bias=False) if image_skip else None
+        if self.smoothing is not None:
+            offsets = torch.arange(SMOOTHING_SIZE, dtype=torch.float32) - SMOOTHING_SIZE // 2
+            gaussian = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * SMOOTHING_SIGMA**2))
+            with torch.no_grad():
+                self.smoothing.weight.copy_((gaussian / gaussian.sum()).expand_as(self.smoothing.weight))
 
     def forward(self, x):
-        return x - self.noise(x)
+        return (x if self.smoothing is None else self.smoothing(x)) - self.noise(x)
 
 
 def build_net(task: str, *, scale: int = 2, width: int = 32, blocks: int = 4, depth: int = 10, channels: int = 3, image_skip: bool = True) -> nn.Module:
-    """The task's net: ``sr`` -> :class:`FeatRegEDSR` (``blocks``, ``image_skip``), ``denoise`` -> :class:`FeatRegDnCNN` (``depth``)."""
+    """The task's net: ``sr`` -> :class:`FeatRegEDSR` (``blocks``), ``denoise`` -> :class:`FeatRegDnCNN` (``depth``)."""
     if task == "sr":
         return FeatRegEDSR(scale=scale, width=width, blocks=blocks, channels=channels, image_skip=image_skip)
-    return FeatRegDnCNN(width=width, depth=depth, channels=channels)
+    return FeatRegDnCNN(width=width, depth=depth, channels=channels, image_skip=image_skip)
