@@ -4,8 +4,8 @@ Both use every core (TVM's default on a 2-core machine is one thread, ONNX Runti
 A timer gives one timing: the mean of ``number`` calls after a warm-up, with ``number`` raised until one
 timing lasts ``min_repeat_ms`` (TVM's time_evaluator rule): a few calls of a sub-millisecond net are
 dominated by thread-pool wake-ups and cold caches, not by its work. A latency is the median of
-``repeat`` timings. :func:`interleaved_latencies_ms` times several runtimes in alternation, so that
-a slow spell of a shared host falls on all of them, not on whichever happened to run then.
+``repeat`` timings. :func:`interleaved_latencies_ms` times several runtimes in turns (``ROUNDS`` blocks
+each), so that a slow spell of a shared host falls on all of them, not on whichever happened to run then.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from tvm.runtime.vm import VirtualMachine
 from edgesparse.backends.onnxruntime_ref import to_proto
 
 MIN_REPEAT_MS = 50
-# Each runtime's pool threads spin for a few milliseconds after its last call (TVM's for its default
-# 300,000 spins); a timing of the other runtime started within that time would share the cores with them.
-SETTLE_S = 0.05
+# A runtime's pool threads go on spinning after its last call: TVM's, on the development VM, for more than
+# 50 ms (ONNX Runtime timed 4x slower right after TVM). Each block of timings waits this long first, and its
+# first timing, taken while the other runtime's threads may still spin, is a warm-up.
+SETTLE_S = 1.0
+ROUNDS = 3
 
 Timer = Callable[[], float]
 
@@ -68,21 +70,23 @@ def onnxruntime_timer(model: ir.Model, inputs: dict[str, np.ndarray], *, number:
     return timing
 
 
-def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5) -> list[float]:
-    """Each timer's median over ``repeat`` rounds, a round timing each once, in turn."""
+def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5, rounds: int = ROUNDS) -> list[float]:
+    """Each timer's median timing: ``rounds`` rounds, each a block of ``repeat`` timings of every timer
+    in turn (after a settling pause and a warm-up timing)."""
     timings: list[list[float]] = [[] for _ in timers]
-    for _ in range(repeat):
+    for _ in range(rounds):
         for timer, results in zip(timers, timings):
             time.sleep(SETTLE_S)
-            results.append(timer())
+            timer()
+            results.extend(timer() for _ in range(repeat))
     return [statistics.median(results) for results in timings]
 
 
 def tvm_latency_ms(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS) -> float:
-    return interleaved_latencies_ms([tvm_timer(executable, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat)[0]
+    return interleaved_latencies_ms([tvm_timer(executable, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1)[0]
 
 
 def onnxruntime_latency_ms(
     model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS
 ) -> float:
-    return interleaved_latencies_ms([onnxruntime_timer(model, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat)[0]
+    return interleaved_latencies_ms([onnxruntime_timer(model, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1)[0]

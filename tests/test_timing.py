@@ -10,7 +10,7 @@ from edgesparse.backends import timing
 from edgesparse.backends.onnxruntime_ref import random_inputs
 
 
-def test_interleaved_rounds_take_turns_and_give_each_timers_median(monkeypatch):
+def test_interleaved_rounds_take_turns_in_blocks_after_a_warm_up(monkeypatch):
     monkeypatch.setattr(timing, "SETTLE_S", 0.0)
     calls = []
 
@@ -23,9 +23,12 @@ def test_interleaved_rounds_take_turns_and_give_each_timers_median(monkeypatch):
 
         return timer
 
-    medians = timing.interleaved_latencies_ms([fake_timer("a", [5.0, 1.0, 3.0]), fake_timer("b", [2.0, 9.0, 4.0])], repeat=3)
-    assert calls == ["a", "b", "a", "b", "a", "b"]
-    assert medians == [3.0, 4.0]
+    # per block: a warm-up timing (100, discarded), then two timings
+    a = fake_timer("a", [100.0, 5.0, 1.0, 100.0, 3.0, 4.0])
+    b = fake_timer("b", [100.0, 2.0, 9.0, 100.0, 4.0, 8.0])
+    medians = timing.interleaved_latencies_ms([a, b], repeat=2, rounds=2)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert medians == [3.5, 6.0]
 
 
 @pytest.mark.parametrize("make_timer", ["tvm", "onnxruntime"])

@@ -18,4 +18,7 @@ The choices where the paper's exact form is not given, each the standard one:
   lowest level's. The runs in the README fine-tune a dense (ReLU) model this way: from scratch, levels
   trained slower (measured there, with each other choice's effect).
 - SR net: EDSR-baseline plus a bicubic skip of the input (without it the high levels lost the image).
+- denoiser: DnCNN whose noise estimate is subtracted from a learned 5x5 smoothing of the input rather
+  than from the input (without it, the noise, present at every pixel, needed dense features: 90% lost
+  all the denoising).
 """

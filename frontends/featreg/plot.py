@@ -24,7 +24,7 @@ def panel(axes, title: str, dense_dir: Path, sparse_dir: Path) -> None:
     dense = next(iter(test_figures(dense_dir).values()))
     sparse = test_figures(sparse_dir)
     baseline = "bicubic" if "bicubic" in dense else "noisy"
-    axes.scatter([dense["macs_dense"] / 1e9], [dense["model"]["psnr"]], marker="s", color="black", label="dense model (ReLU gates)")
+    axes.scatter([dense["macs_dense"] / 1e9], [dense["model"]["psnr"]], marker="s", color="black", label="dense model trained the same way (ReLU gates)")
     levels = sorted(sparse, key=float)
     axes.plot([sparse[level]["macs_effective"] / 1e9 for level in levels], [sparse[level]["model"]["psnr"] for level in levels], "o-", color="tab:blue", label="one FeatReg model, per level")
     for level in levels:
