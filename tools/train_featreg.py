@@ -25,9 +25,9 @@ import torch
 
 from _cli import run_main
 
+from edgesparse.backends.timing import onnxruntime_latency_ms
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.data import Degradation, PatchSampler, test_photos, training_photos
-from edgesparse.backends.timing import onnxruntime_latency_ms
 from edgesparse.frontends.featreg.evaluate import TestPair, evaluate_onnx, tvm_output_and_latency, with_input_shape
 from edgesparse.frontends.featreg.export import export_onnx, save_onnx
 from edgesparse.frontends.featreg.gate import gates_in_call_order

@@ -9,9 +9,9 @@ BatchNorm layers keep their running statistics and normalize with them. Batches 
 different feature statistics, so running statistics updated by all of them fit their mix and no level
 (the problem slimmable nets solve with a BatchNorm per width); the affine parameters still train. Measured
 on the DnCNN denoiser (README): better at the lowest level, worse at the next, so it is not the default.
-Adam with a cosine learning-rate decay; a checkpoint (weights,
-optimizer, schedule, controller, sampler, step) every ``checkpoint_every`` steps, written atomically, from
-which :func:`train` resumes after an interruption.
+Adam with a cosine learning-rate decay; a checkpoint (weights, optimizer, schedule, controller, sampler,
+step) every ``checkpoint_every`` steps, written atomically, from which :func:`train` resumes after an
+interruption.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SMOOTHING_SIZE, SMOOTHING_SIGMA = 5, 1.0
-
 from edgesparse.frontends.featreg.gate import ThresholdGate
+
+SMOOTHING_SIZE, SMOOTHING_SIGMA = 5, 1.0
 
 
 class GatedResidualBlock(nn.Module):
@@ -48,7 +48,8 @@ class FeatRegEDSR(nn.Module):
 
 class FeatRegDnCNN(nn.Module):
     """DnCNN: conv, then ``depth - 2`` x (gate, conv, BatchNorm), then gate + conv to the noise estimate,
-    which the net subtracts from its input. BatchNorm folds into the conv before it at export."""
+    which the net subtracts from its input (``image_skip``: from the input's learned smoothing). BatchNorm
+    folds into the conv before it at export."""
 
     def __init__(self, width: int = 64, depth: int = 17, channels: int = 3, image_skip: bool = False):
         super().__init__()
