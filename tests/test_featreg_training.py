@@ -12,7 +12,7 @@ from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.data import Degradation, PatchSampler, package_files, skimage_photo
-from edgesparse.frontends.featreg.export import export_onnx, save_onnx
+from edgesparse.frontends.featreg.export import export_onnx, load_onnx_weights, save_onnx
 from edgesparse.frontends.featreg.gate import gates_in_call_order
 from edgesparse.frontends.featreg.metrics import psnr_y, ssim_y
 from edgesparse.frontends.featreg.multilevel import TrainConfig, train
@@ -27,16 +27,10 @@ PATCH = 24
 SR = Degradation("sr", scale=2)
 
 
-def small_photo(name: str, side: int = 96) -> np.ndarray:
-    image = Image.fromarray(skimage_photo(name))
-    image.thumbnail((side, side), Image.BICUBIC)
-    return np.asarray(image)
-
-
 @pytest.fixture(scope="module")
 def photos():
     """(training photos, held-out photos)."""
-    return [small_photo("astronaut"), small_photo("coffee")], [small_photo("chelsea"), small_photo("rocket")]
+    return [skimage_photo("astronaut", 96), skimage_photo("coffee", 96)], [skimage_photo("chelsea", 96), skimage_photo("rocket", 96)]
 
 
 def tiny_training(photos, tmp_path, levels, reg_weight, steps=30, checkpoint_every=None):
@@ -128,11 +122,22 @@ def test_export_featreg_llvm_build_matches_pytorch(photos, trained, exported):
     assert max_relative_error(result.run({"input": inputs.numpy()})["output"], expected) < 1e-4
 
 
+def test_an_exported_model_loads_back_into_its_net_for_more_training(trained, exported):
+    model, _ = trained
+    _, path = exported
+    reloaded = build_net("sr", scale=2, width=8, blocks=1)
+    load_onnx_weights(reloaded, path)
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, reloaded.get_parameter(name)), name
+    with pytest.raises(EdgesparseError, match="shape"):
+        load_onnx_weights(build_net("sr", scale=2, width=16, blocks=1), path)
+
+
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("images")
     for name in ("rocket", "chelsea"):
-        Image.fromarray(small_photo(name, side=40)).save(directory / f"{name}.png")
+        Image.fromarray(skimage_photo(name, 40)).save(directory / f"{name}.png")
     return directory
 
 

@@ -29,7 +29,7 @@ from edgesparse.backends.timing import onnxruntime_latency_ms
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.data import Degradation, PatchSampler, test_photos, training_photos
 from edgesparse.frontends.featreg.evaluate import TestPair, evaluate_onnx, tvm_output_and_latency, with_input_shape
-from edgesparse.frontends.featreg.export import export_onnx, save_onnx
+from edgesparse.frontends.featreg.export import export_onnx, load_onnx_weights, save_onnx
 from edgesparse.frontends.featreg.gate import gates_in_call_order
 from edgesparse.frontends.featreg.metrics import to_uint8
 from edgesparse.frontends.featreg.multilevel import CHECKPOINT, TrainConfig, train
@@ -49,6 +49,15 @@ def parse_levels(text: str) -> list[float]:
     if not levels or not all(0.0 < level < 1.0 for level in levels):
         raise EdgesparseError(f"--levels {text!r}: expected fractions between 0 and 1")
     return levels
+
+
+def load_initial_weights(model, init: Path) -> None:
+    if init.suffix == ".onnx" and init.is_file():
+        load_onnx_weights(model, init)
+    elif (init / CHECKPOINT).is_file():
+        model.load_state_dict(torch.load(init / CHECKPOINT, weights_only=False)["model"])
+    else:
+        raise EdgesparseError(f"--init {init}: neither a run directory with a {CHECKPOINT} nor an .onnx file")
 
 
 def held_out_batch(photos, degradation: Degradation, patch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +115,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--reg", choices=("hoyer", "l1"), default="hoyer", help="the FeatReg penalty")
     parser.add_argument("--reg-weight", type=float, default=0.01, help="the penalty's weight (0: none)")
-    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's): sparsity fine-tuning")
+    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's: sparsity fine-tuning) or of a model.onnx this tool wrote (e.g. models/featreg-sr-x2.onnx: more training)")
     parser.add_argument("--freeze-batchnorm", action="store_true", help="keep the BatchNorm running statistics of --init's model while training levels (denoise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
@@ -118,7 +127,7 @@ def main() -> int:
     levels = [] if args.dense else parse_levels(args.levels)
     degradation = Degradation(args.task, args.scale, args.sigma)
     task = {"task": "sr", "scale": args.scale} if args.task == "sr" else {"task": "denoise", "sigma": args.sigma}
-    photos, held_out = training_photos()
+    photos, calibration_photos = training_photos()
     test = test_photos()
     args.output.mkdir(parents=True, exist_ok=True)
 
@@ -127,9 +136,7 @@ def main() -> int:
     low_patch = args.patch // degradation.scale_factor
     controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, low_patch, low_patch)), levels)
     if args.init is not None:
-        if not (args.init / CHECKPOINT).is_file():
-            raise EdgesparseError(f"--init {args.init}: no {CHECKPOINT} in it")
-        model.load_state_dict(torch.load(args.init / CHECKPOINT, weights_only=False)["model"])
+        load_initial_weights(model, args.init)
     sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg,
@@ -137,8 +144,8 @@ def main() -> int:
     )  # fmt: skip
     log = train(model, controller, sampler, config, args.output)
 
-    calibration, _ = held_out_batch(held_out, degradation, args.patch, args.seed + 1)
-    check, _ = held_out_batch(held_out, degradation, args.patch, args.seed + 2)
+    calibration, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 1)
+    check, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 2)
     metrics = {"args": {key: str(value) for key, value in vars(args).items()}, "task": task, "training_log_tail": log[-10:]}
     metrics["controller"] = controller_check(model, controller, calibration, check)
     onnx_model = export_onnx(model, controller, task)

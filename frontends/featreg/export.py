@@ -4,6 +4,8 @@ The gates export as ``Where(Greater(x, t), x, 0)`` at the lowest level's thresho
 level as it is); metadata ``featreg.levels`` maps each level to {ONNX gate node name: threshold} and
 ``featreg.task`` records the task (``{"task": "sr", "scale": 2}`` or ``{"task": "denoise", "sigma": 25}``).
 Height and width are symbolic: fix them (``set_input_shapes``, ``--input-shape``) to compile with TVM.
+The exporter keeps the net's parameter names as initializer names, so :func:`load_onnx_weights` reads a
+committed model back into its net (further training) where no BatchNorm was folded away.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.onnx_frontend import onnx_bytes_to_ir
 from edgesparse.frontends.torch_frontend import EXPORT_OPSET
+from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY, gated_convs
 from edgesparse.passes.pipeline import run_pipeline
 
@@ -52,6 +56,20 @@ def export_onnx(model: nn.Module, controller: SparsityController, task: dict, ch
     exported.metadata_props[LEVELS_METADATA_KEY] = json.dumps(levels)
     exported.metadata_props[TASK_METADATA_KEY] = json.dumps(task)
     return exported
+
+
+def load_onnx_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Loads into ``model`` the parameters and buffers of the same net exported to ONNX at ``path``."""
+    initializers = {tensor.name: tensor for tensor in onnx.load(path).graph.initializer}
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in initializers]
+    if missing:
+        raise EdgesparseError(f"{path}: no initializer for the net's {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (not exported from this net, or BatchNorm folded into its convs)")
+    state = {name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()) for name in expected}
+    wrong = [name for name in expected if state[name].shape != expected[name].shape]
+    if wrong:
+        raise EdgesparseError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the net's is {tuple(expected[wrong[0]].shape)} (other --width/--blocks?)")
+    model.load_state_dict(state)
 
 
 def save_onnx(model: ir.Model, path: str | os.PathLike) -> None:
