@@ -9,9 +9,10 @@ Training photos are shrunk to at most ``MAX_SIDE`` pixels a side when loaded: it
 memory and the wallpapers' 4K-5K renders hold little detail per pixel at full size. The sparsity
 controller calibrates on the held-out pictures that are photographs (JPEG; the packages' renders and
 graphics are PNG), each shrunk to every side in ``CALIBRATION_SIDES``: SR and denoising inputs are small
-photos, and a feature's sparsity at a fixed threshold depends on the detail per pixel. Measured on the
-committed SR model: calibrated on those photos at 1024 a side, the test photos gated 0.6 / 0.76 / 0.85 /
-0.93 at the levels 0.6 / 0.8 / 0.9 / 0.95; at 512, 384 and 256, 0.58 / 0.80 / 0.91 / 0.96.
+photos, and a feature's sparsity at a fixed threshold depends on the detail per pixel. Measured on
+``models/featreg-sr-x2.onnx``, the test photos' sparsity at the levels 0.6 / 0.8 / 0.9 / 0.95, calibrated
+on all the held-out pictures at 1024 a side: 0.63 / 0.76 / 0.83 / 0.91; on the held-out photographs at
+1024: 0.60 / 0.77 / 0.86 / 0.94; on those at 512, 384 and 256: 0.57 / 0.81 / 0.91 / 0.96.
 
 Pairs: SR input = the HR photo downscaled with bicubic (PIL, antialiased), the eval's degradation too;
 denoise input = the photo + Gaussian noise of std sigma/255 (not clipped).
