@@ -77,6 +77,17 @@ def test_the_controller_hits_the_target_on_held_out_patches(photos, trained, lev
     assert np.mean(list(measured.values())) == pytest.approx(level, abs=0.03)
 
 
+def test_a_level_between_the_trained_ones_is_calibrated_and_exported(photos, trained):
+    model, controller = trained
+    between = SparsityController(list(zip(controller.names, controller.gates)), [*LEVELS, 0.7])
+    for level in between.levels:
+        between.calibrate(model, held_out(photos, seed=1), level)
+    measured = between.measure(model, held_out(photos, seed=2), 0.7)
+    assert np.mean(list(measured.values())) == pytest.approx(0.7, abs=0.03)
+    exported = export_onnx(model, between, {"task": "sr", "scale": 2})
+    assert sorted(json.loads(exported.metadata_props[LEVELS_METADATA_KEY])) == ["0.5", "0.7", "0.9"]
+
+
 def test_training_resumes_from_its_checkpoint(photos, tmp_path, monkeypatch):
     once, _ = tiny_training(photos, tmp_path / "once", LEVELS, reg_weight=0.05, steps=8, checkpoint_every=2)
     sample = PatchSampler.sample

@@ -5,6 +5,7 @@
     python tools/train_featreg.py --task sr --scale 2 --dense -o out-dense/      # the dense baseline
     python tools/train_featreg.py --task sr --scale 2 --init out-dense/ --steps 1200 --lr 2e-4 -o out/   # levels fine-tuned from it
     python tools/train_featreg.py --task denoise --sigma 25 --levels 0.6,0.8,0.9,0.95 -o out/
+    python tools/train_featreg.py --task sr --scale 2 --export-levels 0.6,0.8,0.85,0.9,0.95 -o out/   # a finished run: re-export with a level between trained ones
 
 Writes out/checkpoint.pt (every --checkpoint-every steps; a rerun with the same -o resumes from it),
 out/model.onnx (gates in the form the featreg pass reads, every level's thresholds in its metadata) and
@@ -41,13 +42,13 @@ HELD_OUT_PATCHES = 64
 TVM_CHECK_SIDE = 256
 
 
-def parse_levels(text: str) -> list[float]:
+def parse_levels(text: str, option: str = "--levels") -> list[float]:
     try:
         levels = sorted({float(level) for level in text.split(",") if level.strip()})
     except ValueError:
-        raise EdgesparseError(f"--levels {text!r}: expected comma-separated fractions, e.g. 0.6,0.8,0.9") from None
+        raise EdgesparseError(f"{option} {text!r}: expected comma-separated fractions, e.g. 0.6,0.8,0.9") from None
     if not levels or not all(0.0 < level < 1.0 for level in levels):
-        raise EdgesparseError(f"--levels {text!r}: expected fractions between 0 and 1")
+        raise EdgesparseError(f"{option} {text!r}: expected fractions between 0 and 1")
     return levels
 
 
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="sr: the upscaling factor")
     parser.add_argument("--sigma", type=float, default=25.0, help="denoise: the noise std in 8-bit levels")
     parser.add_argument("--levels", default="0.6,0.8,0.9,0.95", help="the sparsity levels the one model serves")
+    parser.add_argument("--export-levels", help="the levels calibrated, measured and exported (default: --levels): a level between trained ones is served by the same weights, not trained for")
     parser.add_argument("--dense", action="store_true", help="train the dense baseline instead: ReLU gates, no levels, no penalty")
     parser.add_argument("--width", type=int, default=32, help="channels of the hidden features")
     parser.add_argument("--blocks", type=int, default=4, help="sr: residual blocks")
@@ -125,6 +127,9 @@ def main() -> int:
     torch.set_num_threads(1)  # the machine's cores are shared (CI, other runs)
 
     levels = [] if args.dense else parse_levels(args.levels)
+    if args.export_levels and args.dense:
+        raise EdgesparseError("--export-levels: a --dense run has no levels")
+    export_levels = parse_levels(args.export_levels, "--export-levels") if args.export_levels else levels
     degradation = Degradation(args.task, args.scale, args.sigma)
     task = {"task": "sr", "scale": args.scale} if args.task == "sr" else {"task": "denoise", "sigma": args.sigma}
     photos, calibration_photos = training_photos()
@@ -143,6 +148,8 @@ def main() -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, freeze_batchnorm=args.freeze_batchnorm,
     )  # fmt: skip
     log = train(model, controller, sampler, config, args.output)
+    # The exported levels are each calibrated below (training's running thresholds are not kept).
+    controller = SparsityController(list(zip(controller.names, controller.gates)), export_levels)
 
     calibration, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 1)
     check, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 2)
@@ -150,7 +157,7 @@ def main() -> int:
     metrics["controller"] = controller_check(model, controller, calibration, check)
     onnx_model = export_onnx(model, controller, task)
     save_onnx(onnx_model, args.output / "model.onnx")
-    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in levels or [None]}
+    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in export_levels or [None]}
     if not args.skip_tvm:
         first = next(iter(test.values()))
         metrics["tvm"] = tvm_check(model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0))
