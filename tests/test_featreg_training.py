@@ -79,7 +79,7 @@ def test_the_controller_hits_the_target_on_held_out_patches(photos, trained, lev
 
 def test_a_level_between_the_trained_ones_is_calibrated_and_exported(photos, trained):
     model, controller = trained
-    between = SparsityController(list(zip(controller.names, controller.gates)), [*LEVELS, 0.7])
+    between = controller.with_levels([*LEVELS, 0.7])
     for level in between.levels:
         between.calibrate(model, held_out(photos, seed=1), level)
     measured = between.measure(model, held_out(photos, seed=2), 0.7)

@@ -149,7 +149,7 @@ def main() -> int:
     )  # fmt: skip
     log = train(model, controller, sampler, config, args.output)
     # The exported levels are each calibrated below (training's running thresholds are not kept).
-    controller = SparsityController(list(zip(controller.names, controller.gates)), export_levels)
+    controller = controller.with_levels(export_levels)
 
     calibration, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 1)
     check, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 2)
@@ -157,7 +157,7 @@ def main() -> int:
     metrics["controller"] = controller_check(model, controller, calibration, check)
     onnx_model = export_onnx(model, controller, task)
     save_onnx(onnx_model, args.output / "model.onnx")
-    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in export_levels or [None]}
+    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in controller.levels or [None]}
     if not args.skip_tvm:
         first = next(iter(test.values()))
         metrics["tvm"] = tvm_check(model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0))

@@ -36,6 +36,10 @@ class SparsityController:
         self.levels = sorted(levels)
         self.thresholds = {level: torch.zeros(len(gates)) for level in self.levels}
 
+    def with_levels(self, levels: list[float]) -> SparsityController:
+        """A controller of the same gates for other levels (thresholds unset: calibrate them)."""
+        return SparsityController(list(zip(self.names, self.gates)), levels)
+
     @contextlib.contextmanager
     def hooked(self, hook):
         """``hook(index, gate, feature)`` runs before each gate."""
