@@ -20,7 +20,8 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx_ir as ir
@@ -42,6 +43,12 @@ class GatedWorkload:
     key: str
     # Candidate knobs in measuring order: the default first.
     candidates: list[GatedConvSchedule]
+    # Gated kernels of this shape in the module.
+    calls: int = 1
+
+    def cost(self, sparsity: float) -> float:
+        """Floating-point operations of its kernels per model run at ``sparsity`` (tuning's shares)."""
+        return 2.0 * self.shape.dense_macs * (1 - sparsity) * self.calls
 
     def unmeasured(self, records: GatedScheduleRecords, trials: int) -> list[GatedConvSchedule]:
         """The next candidates to measure for ``trials`` in all, those in ``records`` counted."""
@@ -57,13 +64,13 @@ class GatedWorkload:
 
 def gated_workloads(mod: tvm.IRModule, target: Target) -> list[GatedWorkload]:
     """One workload per distinct gated kernel shape in an imported Relax module."""
-    shapes = {shape for _, function in mod.functions_items() if isinstance(function, tvm.tirx.PrimFunc) and (shape := shape_of(function)) is not None}
+    shapes = Counter(shape for _, function in mod.functions_items() if isinstance(function, tvm.tirx.PrimFunc) and (shape := shape_of(function)) is not None)
     workloads = []
     for shape in sorted(shapes, key=repr):
         default = default_schedule(shape, target)
         rest = [schedule for schedule in schedule_space(shape, target) if schedule != default]
         random.Random(workload_key(shape, target)).shuffle(rest)
-        workloads.append(GatedWorkload(shape, workload_key(shape, target), [default, *rest]))
+        workloads.append(GatedWorkload(shape, workload_key(shape, target), [default, *rest], shapes[shape]))
     return workloads
 
 
@@ -118,15 +125,15 @@ def tune_gated(
     workloads: list[GatedWorkload],
     target: Target,
     records: GatedScheduleRecords,
-    trials_per_workload: int,
+    shares: Sequence[int],
     sparsity: float,
     builder: ms.builder.Builder,
     runner: ms.runner.Runner,
 ) -> Iterator[tuple[GatedWorkload, int, int]]:
-    """Measures each workload's next unmeasured candidates, up to ``trials_per_workload`` in all;
-    yields (workload, candidates measured now, of which failed) as each workload is saved."""
-    for workload in workloads:
-        todo = workload.unmeasured(records, trials_per_workload)
+    """Measures each workload's next unmeasured candidates, up to its share in all; yields (workload,
+    candidates measured now, of which failed) as each workload is saved."""
+    for workload, share in zip(workloads, shares):
+        todo = workload.unmeasured(records, share)
         results = list(_measure(workload.shape, todo, target, sparsity, builder, runner))
         for schedule, (mean_ms, error) in zip(todo, results):
             records.add(workload.key, schedule, mean_ms, error)

@@ -32,6 +32,7 @@ import tvm
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
@@ -59,6 +60,8 @@ CANDIDATE_FILE = "candidate.so"
 EXHAUSTED_FILE = "exhausted_tasks.json"
 # Candidates per search round and task: small rounds let the cost model learn between them.
 MAX_TRIALS_PER_ROUND = 16
+# Every task gets a search round at least, whatever its cost: an untuned task keeps the slow default.
+MIN_TRIALS_PER_TASK = MAX_TRIALS_PER_ROUND
 
 
 @dataclasses.dataclass
@@ -143,6 +146,26 @@ def registered_servers(rpc_address: RPCAddress) -> int:
     """Servers registered under the key (a one-line error when the tracker or the key is not there)."""
     summary = check_tracker(rpc_address).summary()
     return sum(1 for server in summary["server_info"] if server["key"].split(":")[-1] == rpc_address.key)
+
+
+def task_cost(task: ms.ExtractedTask) -> float:
+    """Floating-point operations the task does per model run: its PrimFunc's, times its calls."""
+    return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+
+
+def trial_shares(costs: Sequence[float], trials: int) -> list[int]:
+    """Each task's share of ``trials``: a search round each (at least one trial, fewer when ``trials``
+    cannot give every task a round), then the remaining whole rounds in proportion to its cost (largest
+    remainders first). Shares put the measuring where the run time goes: an even split gave a reshape as
+    many trials as the heaviest convolution. Whole rounds keep the tasks' missing trials few distinct
+    numbers: each distinct number is a scheduler run of its own (_tune_group), with a cold cost model."""
+    floor = max(1, min(MIN_TRIALS_PER_TASK, trials // len(costs)))
+    rounds, total = max(0, trials - floor * len(costs)) // MAX_TRIALS_PER_ROUND, sum(costs)
+    exact = [rounds * cost / total if total > 0 else rounds / len(costs) for cost in costs]
+    extra = [int(value) for value in exact]
+    for index in sorted(range(len(costs)), key=lambda index: extra[index] - exact[index])[: rounds - sum(extra)]:
+        extra[index] += 1
+    return [floor + MAX_TRIALS_PER_ROUND * count for count in extra]
 
 
 def task_key(task: ms.ExtractedTask) -> str:
@@ -237,7 +260,7 @@ def tune(
 ) -> TuningSummary:
     """Tunes ``model`` (after the passes, as compile_model runs them) for ``spec`` with MetaSchedule.
 
-    ``trials`` measured candidates are shared evenly by the tasks (at least one each). They run on the
+    ``trials`` measured candidates are shared by the tasks by their cost (:func:`trial_shares`). They run on the
     device behind ``rpc_address`` (a tracker's ``HOST:PORT:KEY``), or on this host without it. Records
     go to ``work_dir`` as they come; a re-run tunes each task only up to its share, minus what is there.
     """
@@ -253,17 +276,22 @@ def tune(
     work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
     records = GatedScheduleRecords(work_dir)
-    share = math.ceil(trials / (len(tasks) + len(gated)))
+    sparsity = measuring_sparsity(optimized)
+    shares = trial_shares([task_cost(task) for task in tasks] + [workload.cost(sparsity) for workload in gated], trials)
+    task_shares, gated_shares = shares[: len(tasks)], shares[len(tasks) :]
     exhausted = exhausted_tasks(work_dir)
-    missing = [0 if task_key(task) in exhausted else max(0, share - count) for task, count in zip(tasks, trials_in_database(database, tasks))]
-    gated_missing = sum(len(workload.unmeasured(records, share)) for workload in gated)
+    missing = [
+        0 if task_key(task) in exhausted else max(0, share - count) for task, share, count in zip(tasks, task_shares, trials_in_database(database, tasks))
+    ]
+    gated_missing = sum(len(workload.unmeasured(records, share)) for workload, share in zip(gated, gated_shares))
     with tqdm(total=sum(missing) + gated_missing, desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
         callback = ProgressCallback(bar)
+        share_of = dict(zip(map(task_key, tasks), task_shares))
         for count, group in _group_by_missing(tasks, missing).items():
             _tune_group(group, count, work_dir, database, make_builder(spec), runner, callback)
             # The scheduler stops a task short of its share only when its search space ran out.
-            mark_exhausted(work_dir, {task_key(task) for task, done in zip(group, trials_in_database(database, group)) if done < share})
-        for workload, measured, failed in tune_gated(gated, target, records, share, measuring_sparsity(optimized), make_builder(spec), runner):
+            mark_exhausted(work_dir, {key for key, done in zip(map(task_key, group), trials_in_database(database, group)) if done < share_of[key]})
+        for workload, measured, failed in tune_gated(gated, target, records, gated_shares, sparsity, make_builder(spec), runner):
             callback.count(workload.name, measured, failed, records.best_ms(workload.key))
     results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
     results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key)) for workload in gated]

@@ -14,7 +14,7 @@ from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.targets import resolve_target
-from edgesparse.backends.tuning import CANDIDATE_FILE, tune
+from edgesparse.backends.tuning import CANDIDATE_FILE, extract_tasks, task_cost, trial_shares, tune, tuning_target
 from edgesparse.passes import EdgesparseError
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
@@ -120,6 +120,25 @@ def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     assert result.returncode == 0, result.stderr
     assert "measured 0 candidates on this host" in result.stdout
     assert database_records(tuning_dir) == records
+
+
+def test_trials_go_to_the_tasks_by_their_cost_after_a_round_each():
+    # 52 trials after a round each: 3 whole rounds, 0.75 and 2.25 by cost, the larger remainder first
+    assert trial_shares([0.0, 10.0, 30.0], 100) == [16, 16 + 16, 16 + 32]
+    assert trial_shares([0.0, 0.0], 70) == [32, 32]
+    assert trial_shares([5.0, 1.0, 1.0], 2) == [1, 1, 1]  # too few for a round each: one each
+
+
+def test_a_tasks_cost_is_its_flops_per_run():
+    from edgesparse.backends.compiler import optimize
+    from edgesparse.backends.relax_import import import_to_relax
+
+    spec = resolve_target("llvm")
+    optimized, _ = optimize(conv_net(2), "default")
+    tasks = extract_tasks(import_to_relax(optimized, spec.target), spec, tuning_target(spec, None))
+    # a multiply and an add per MAC of the 3->8 and the 8->8 conv on 12x12; bias and Relu fused in
+    for cost, macs in zip(sorted(map(task_cost, tasks)), [8 * 3 * 9 * 144, 8 * 8 * 9 * 144]):
+        assert 2 * macs <= cost <= 2.1 * macs
 
 
 def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
