@@ -59,7 +59,7 @@ def onnxruntime_timer(model: ir.Model, inputs: dict[str, np.ndarray], *, number:
     options.log_severity_level = 3
     session = ort.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     # Inputs bound once, as the TVM timer sets them once: session.run would convert them and the outputs
-    # from and to numpy on every call, about 7 us here, a tenth of the smallest test net's run.
+    # from and to numpy on every call, about 7 us here (a 1x3x32x32 Relu: 11.4 us a call, 4.5 us bound).
     binding = session.io_binding()
     for name, array in inputs.items():
         binding.bind_cpu_input(name, array)
