@@ -46,10 +46,6 @@ class GatedWorkload:
     # Gated kernels of this shape in the module.
     calls: int = 1
 
-    def cost(self, sparsity: float) -> float:
-        """Floating-point operations of its kernels per model run at ``sparsity`` (tuning's shares)."""
-        return 2.0 * self.shape.dense_macs * (1 - sparsity) * self.calls
-
     def unmeasured(self, records: GatedScheduleRecords, trials: int) -> list[GatedConvSchedule]:
         """The next candidates to measure for ``trials`` in all, those in ``records`` counted."""
         done = set(records.measured(self.key))

@@ -32,12 +32,11 @@ import tvm
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
 from edgesparse.backends.gated_conv import shape_of
-from edgesparse.backends.gated_tuning import GatedScheduleRecords, gated_workloads, measuring_sparsity, tune_gated
+from edgesparse.backends.gated_tuning import GatedScheduleRecords, GatedWorkload, gated_workloads, measuring_sparsity, tune_gated
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
@@ -58,10 +57,12 @@ EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=100, ena
 CANDIDATE_FILE = "candidate.so"
 # Keys of the tasks whose search space ran out, in the tuning directory beside MetaSchedule's files.
 EXHAUSTED_FILE = "exhausted_tasks.json"
-# Candidates per search round and task: small rounds let the cost model learn between them.
-MAX_TRIALS_PER_ROUND = 16
-# Every task gets a search round at least, whatever its cost: an untuned task keeps the slow default.
-MIN_TRIALS_PER_TASK = MAX_TRIALS_PER_ROUND
+# Every task's first search round, whatever its cost: an untuned task keeps the slow default schedule.
+FIRST_ROUND_TRIALS = 16
+# Candidates per later search round and task. A round's evolutionary search costs the same whatever it
+# picks (about 40 s of a 55 s round of 16 candidates on this project's 2-core host): bigger rounds
+# measure more candidates an hour; the cost model still learns between them.
+TRIALS_PER_ROUND = 32
 
 
 @dataclasses.dataclass
@@ -148,24 +149,28 @@ def registered_servers(rpc_address: RPCAddress) -> int:
     return sum(1 for server in summary["server_info"] if server["key"].split(":")[-1] == rpc_address.key)
 
 
-def task_cost(task: ms.ExtractedTask) -> float:
-    """Floating-point operations the task does per model run: its PrimFunc's, times its calls."""
-    return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+def first_round(tasks: int, trials: int) -> int:
+    """Each task's first trials: a search round, or an even split of ``trials`` when that is less."""
+    return max(1, min(FIRST_ROUND_TRIALS, trials // tasks))
 
 
-def trial_shares(costs: Sequence[float], trials: int) -> list[int]:
-    """Each task's share of ``trials``: a search round each (at least one trial, fewer when ``trials``
-    cannot give every task a round), then the remaining whole rounds in proportion to its cost (largest
-    remainders first). Shares put the measuring where the run time goes: an even split gave a reshape as
-    many trials as the heaviest convolution. Whole rounds keep the tasks' missing trials few distinct
-    numbers: each distinct number is a scheduler run of its own (_tune_group), with a cold cost model."""
-    floor = max(1, min(MIN_TRIALS_PER_TASK, trials // len(costs)))
-    rounds, total = max(0, trials - floor * len(costs)) // MAX_TRIALS_PER_ROUND, sum(costs)
-    exact = [rounds * cost / total if total > 0 else rounds / len(costs) for cost in costs]
+def extra_trials(times_ms: Sequence[float | None], remaining: int) -> list[int]:
+    """``remaining`` trials as whole rounds, shared by the tasks' measured time per model run (largest
+    remainders first); a task without one (nothing ran, or its search space ran out) gets none.
+
+    Measured time, not FLOPs: in the ResNet-style test net the two stride-2 3x3 convs do a fifth of the
+    FLOPs and, tuned by FLOPs, took over a third of the time. Whole rounds keep the tasks' missing
+    trials few distinct numbers: each is a scheduler run of its own (_tune_group), with a cold cost model.
+    """
+    weights = [time or 0.0 for time in times_ms]
+    rounds, total = max(0, remaining) // TRIALS_PER_ROUND, sum(weights)
+    if total == 0:
+        return [0] * len(weights)
+    exact = [rounds * weight / total for weight in weights]
     extra = [int(value) for value in exact]
-    for index in sorted(range(len(costs)), key=lambda index: extra[index] - exact[index])[: rounds - sum(extra)]:
+    for index in sorted(range(len(weights)), key=lambda index: extra[index] - exact[index])[: rounds - sum(extra)]:
         extra[index] += 1
-    return [floor + MAX_TRIALS_PER_ROUND * count for count in extra]
+    return [TRIALS_PER_ROUND * count for count in extra]
 
 
 def task_key(task: ms.ExtractedTask) -> str:
@@ -260,9 +265,11 @@ def tune(
 ) -> TuningSummary:
     """Tunes ``model`` (after the passes, as compile_model runs them) for ``spec`` with MetaSchedule.
 
-    ``trials`` measured candidates are shared by the tasks by their cost (:func:`trial_shares`). They run on the
-    device behind ``rpc_address`` (a tracker's ``HOST:PORT:KEY``), or on this host without it. Records
-    go to ``work_dir`` as they come; a re-run tunes each task only up to its share, minus what is there.
+    ``trials`` measured candidates, those in ``work_dir`` counted: a first round for every task, then
+    the rest by the tasks' measured time (:func:`extra_trials`). They run on the device behind
+    ``rpc_address`` (a tracker's ``HOST:PORT:KEY``), or on this host without it. Records go to
+    ``work_dir`` as they come, so an interrupted run resumes and a re-run with as many trials measures
+    nothing.
     """
     _check_request(spec, trials, rpc_address)
     runner = make_runner(rpc_address, session_timeout_s)  # checks the tracker and key before any work
@@ -276,26 +283,68 @@ def tune(
     work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
     records = GatedScheduleRecords(work_dir)
-    sparsity = measuring_sparsity(optimized)
-    shares = trial_shares([task_cost(task) for task in tasks] + [workload.cost(sparsity) for workload in gated], trials)
-    task_shares, gated_shares = shares[: len(tasks)], shares[len(tasks) :]
-    exhausted = exhausted_tasks(work_dir)
-    missing = [
-        0 if task_key(task) in exhausted else max(0, share - count) for task, share, count in zip(tasks, task_shares, trials_in_database(database, tasks))
-    ]
-    gated_missing = sum(len(workload.unmeasured(records, share)) for workload, share in zip(gated, gated_shares))
-    with tqdm(total=sum(missing) + gated_missing, desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
-        callback = ProgressCallback(bar)
-        share_of = dict(zip(map(task_key, tasks), task_shares))
-        for count, group in _group_by_missing(tasks, missing).items():
-            _tune_group(group, count, work_dir, database, make_builder(spec), runner, callback)
-            # The scheduler stops a task short of its share only when its search space ran out.
-            mark_exhausted(work_dir, {key for key, done in zip(map(task_key, group), trials_in_database(database, group)) if done < share_of[key]})
-        for workload, measured, failed in tune_gated(gated, target, records, gated_shares, sparsity, make_builder(spec), runner):
-            callback.count(workload.name, measured, failed, records.best_ms(workload.key))
+    with tqdm(desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
+        run = _TuningRun(tasks, gated, spec, target, runner, work_dir, database, records, measuring_sparsity(optimized), ProgressCallback(bar))
+        bar.total = max(0, trials - sum(run.counts()))
+        run.up_to([first_round(len(tasks) + len(gated), trials)] * (len(tasks) + len(gated)))
+        counts = run.counts()
+        shares = [count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts)))]
+        bar.total = bar.n + sum(run.missing(shares))
+        bar.refresh()
+        run.up_to(shares)
     results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
     results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key)) for workload in gated]
-    return TuningSummary(work_dir, target, results, callback.measured, callback.failed)
+    return TuningSummary(work_dir, target, results, run.progress.measured, run.progress.failed)
+
+
+@dataclasses.dataclass
+class _TuningRun:
+    """One tune() call's tasks (MetaSchedule's, then the gated workloads), where their candidates are
+    measured and where they are recorded."""
+
+    tasks: list[ms.ExtractedTask]
+    gated: list[GatedWorkload]
+    spec: TargetSpec
+    target: Target
+    runner: ms.runner.Runner
+    work_dir: Path
+    database: ms.database.Database
+    records: GatedScheduleRecords
+    sparsity: float
+    progress: ProgressCallback
+
+    def counts(self) -> list[int]:
+        """Per task, the candidates measured so far."""
+        return trials_in_database(self.database, self.tasks) + [len(self.records.measured(workload.key)) for workload in self.gated]
+
+    def missing(self, shares: Sequence[int]) -> list[int]:
+        """Per task, what it lacks for its share; none for a task whose search space ran out."""
+        exhausted = exhausted_tasks(self.work_dir)
+        dense = zip(self.tasks, shares, trials_in_database(self.database, self.tasks))
+        return [0 if task_key(task) in exhausted else max(0, share - count) for task, share, count in dense] + [
+            len(workload.unmeasured(self.records, share)) for workload, share in zip(self.gated, shares[len(self.tasks) :])
+        ]
+
+    def times_ms(self) -> list[float | None]:
+        """Per task, its best time per model run (its calls counted); None for a task that cannot take
+        more trials or has no time."""
+        no_more = self.missing([count + 1 for count in self.counts()])
+        best = [best_ms(self.database, task) for task in self.tasks] + [self.records.best_ms(workload.key) for workload in self.gated]
+        calls = [task.weight for task in self.tasks] + [workload.calls for workload in self.gated]
+        return [None if lack == 0 or time is None else time * count for lack, time, count in zip(no_more, best, calls)]
+
+    def up_to(self, shares: Sequence[int]) -> None:
+        """Measures each task's missing candidates for its share."""
+        missing = self.missing(shares)[: len(self.tasks)]
+        share_of = dict(zip(map(task_key, self.tasks), shares))
+        for count, group in _group_by_missing(self.tasks, missing).items():
+            _tune_group(group, count, self.work_dir, self.database, make_builder(self.spec), self.runner, self.progress)
+            # The scheduler stops a task short of its share only when its search space ran out.
+            done = trials_in_database(self.database, group)
+            mark_exhausted(self.work_dir, {key for key, count in zip(map(task_key, group), done) if count < share_of[key]})
+        gated_shares = shares[len(self.tasks) :]
+        for workload, measured, failed in tune_gated(self.gated, self.target, self.records, gated_shares, self.sparsity, make_builder(self.spec), self.runner):
+            self.progress.count(workload.name, measured, failed, self.records.best_ms(workload.key))
 
 
 def _check_request(spec: TargetSpec, trials: int, rpc_address: RPCAddress | None) -> None:
@@ -334,7 +383,7 @@ def _tune_group(
         work_dir=os.fspath(work_dir),
         max_trials_global=trials_per_task * len(tasks),
         max_trials_per_task=trials_per_task,
-        num_trials_per_iter=min(trials_per_task, MAX_TRIALS_PER_ROUND),
+        num_trials_per_iter=min(trials_per_task, TRIALS_PER_ROUND),
         builder=builder,
         runner=runner,
         database=database,

@@ -21,7 +21,7 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
-from edgesparse.backends.gated_conv import GatedConvSchedule
+from edgesparse.backends.gated_conv import GatedConvSchedule, shape_of
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.passes.errors import EdgesparseError
@@ -73,7 +73,27 @@ def _pipeline_halves(target: tvm.target.Target) -> tuple[list[tvm.transform.Pass
     cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")
     first = backend.library_dispatch_passes(target) + legalize[:cut]
     second = legalize[cut:] + backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    if target.kind.name == "llvm":
+        # CPU weight prepacking, as relax.pipeline.static_shape_tuning_pipeline does it: the fused
+        # PrimFuncs mark their constant operands (the weights) layout-free, so a tuned schedule may store
+        # them in the layout its loops read (MetaSchedule's RewriteLayout postproc); once the database is
+        # applied, each relayout becomes a function of its own that FoldConstant runs at build time. The
+        # library's interface does not change: the weights stay constants inside it.
+        first = first + [relax.transform.AttachAttrLayoutFreeBuffers()]
+        second = [_split_weight_prepack, relax.transform.FoldConstant()] + second
     return first, second
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitWeightPrepack")
+def _split_weight_prepack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """relax.transform.SplitLayoutRewritePreproc on all but the gated kernels, which it cannot walk
+    (hand-scheduled loops, no blocks) and which have no layout rewrite to split."""
+    kernels = {gvar: func for gvar, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc) and shape_of(func) is not None}
+    others = tvm.IRModule({gvar: func for gvar, func in mod.functions_items() if gvar not in kernels}, mod.attrs, mod.global_infos)
+    split = relax.transform.SplitLayoutRewritePreproc()(others)
+    for gvar, func in kernels.items():
+        split[gvar] = func
+    return split
 
 
 def fuse(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:

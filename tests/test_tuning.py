@@ -3,6 +3,7 @@ one key), on this host, resumed, and the errors a user meets; then builds with t
 Trials are tiny (CI has 2 cores): these prove the plumbing, not the speed (tools/bench.py --sections tuned)."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
@@ -14,7 +15,8 @@ from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.targets import resolve_target
-from edgesparse.backends.tuning import CANDIDATE_FILE, extract_tasks, task_cost, trial_shares, tune, tuning_target
+from edgesparse.backends import tuning
+from edgesparse.backends.tuning import CANDIDATE_FILE, extra_trials, first_round, tune
 from edgesparse.passes import EdgesparseError
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
@@ -56,6 +58,14 @@ def assert_matches_onnxruntime(model: ir.Model, run) -> None:
     assert max_relative_error(run(inputs)["output"], run_onnxruntime(model, inputs)["output"]) < 1e-4
 
 
+def assert_weights_prepacked(build, tasks) -> None:
+    functions = {gvar.name_hint for gvar, _ in build.lowered.functions_items()}
+    # Each tuned conv reads its weight in the layout its schedule chose (MetaSchedule's RewriteLayout)...
+    assert {f"{task.name}_prepacked" for task in tasks} <= functions
+    # ...relaid once, by FoldConstant at build time: the model's run never calls a relayout.
+    assert "_weight_prepack" not in build.lowered["main"].script()
+
+
 def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, tmp_path):
     model, address = conv_net(1), RPCAddress.parse(emulated_device.rpc_address)
     loads_before = candidate_loads(emulated_device)
@@ -69,6 +79,7 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
 
     result = compile_model(model, "arm_cpu", tuning_db=tmp_path / "tuning")
     assert result.build.tuned_functions == [summary.tasks[0].name]
+    assert_weights_prepacked(result.build, summary.tasks)
     artefact = result.save(tmp_path / "build")
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
@@ -95,22 +106,31 @@ def test_two_devices_under_one_key_both_measure(tmp_path):
 
 @pytest.fixture(scope="module")
 def host_tuning(tmp_path_factory):
-    """A two-task model tuned on this host with one trial a task: (model file, tuning directory, summary)."""
+    """A two-task model tuned on this host, 4 trials in rounds of one (so that the trials after the
+    first round are shared by time too): (model file, tuning directory, summary)."""
     directory = tmp_path_factory.mktemp("host")
     model_path = save_model(conv_net(2), directory / "conv2.onnx")
-    summary = tune(conv_net(2), resolve_target("llvm"), directory / "tuning", trials=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning, "FIRST_ROUND_TRIALS", 1)
+        patch.setattr(tuning, "TRIALS_PER_ROUND", 1)
+        summary = tune(conv_net(2), resolve_target("llvm"), directory / "tuning", trials=4)
     return model_path, directory / "tuning", summary
 
 
 def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     model_path, tuning_dir, summary = host_tuning
-    assert (summary.measured, summary.failed) == (2, 0) and len(summary.tasks) == 2
+    assert (summary.measured, summary.failed) == (4, 0) and len(summary.tasks) == 2
     result = run_tool("compile", model_path, "--target", "llvm", "--tuning-db", tuning_dir, "-o", tmp_path / "build")
     assert result.returncode == 0, result.stderr
     assert "tuned schedules from" in result.stdout and ": 2 functions" in result.stdout
     run = run_tool("run", tmp_path / "build", "--check")
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
+
+
+def test_tuned_convolutions_read_weights_prepacked_at_build_time(host_tuning):
+    _, tuning_dir, summary = host_tuning
+    assert_weights_prepacked(compile_model(conv_net(2), "llvm", tuning_db=tuning_dir).build, summary.tasks)
 
 
 def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
@@ -122,28 +142,35 @@ def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     assert database_records(tuning_dir) == records
 
 
-def test_trials_go_to_the_tasks_by_their_cost_after_a_round_each():
-    # 52 trials after a round each: 3 whole rounds, 0.75 and 2.25 by cost, the larger remainder first
-    assert trial_shares([0.0, 10.0, 30.0], 100) == [16, 16 + 16, 16 + 32]
-    assert trial_shares([0.0, 0.0], 70) == [32, 32]
-    assert trial_shares([5.0, 1.0, 1.0], 2) == [1, 1, 1]  # too few for a round each: one each
+def test_after_a_round_each_the_trials_go_by_measured_time(host_tuning):
+    _, tuning_dir, _ = host_tuning
+    first_ms, counts = {}, Counter()
+    for workload, (_, run_secs, *_) in database_records(tuning_dir):  # in the order they were measured
+        first_ms.setdefault(workload, 1e3 * float(np.mean([float(value) for value in run_secs])))
+        counts[workload] += 1
+    workloads = sorted(first_ms)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning, "TRIALS_PER_ROUND", 1)
+        expected = extra_trials([first_ms[workload] for workload in workloads], 2)
+    assert [counts[workload] - 1 for workload in workloads] == expected
 
 
-def test_a_tasks_cost_is_its_flops_per_run():
-    from edgesparse.backends.compiler import optimize
-    from edgesparse.backends.relax_import import import_to_relax
+def test_every_task_gets_a_round_first_or_an_even_split_of_fewer_trials():
+    assert first_round(tasks=3, trials=600) == 16
+    assert first_round(tasks=3, trials=9) == 3
+    assert first_round(tasks=3, trials=2) == 1  # too few for a trial each: one each
 
-    spec = resolve_target("llvm")
-    optimized, _ = optimize(conv_net(2), "default")
-    tasks = extract_tasks(import_to_relax(optimized, spec.target), spec, tuning_target(spec, None))
-    # a multiply and an add per MAC of the 3->8 and the 8->8 conv on 12x12; bias and Relu fused in
-    for cost, macs in zip(sorted(map(task_cost, tasks)), [8 * 3 * 9 * 144, 8 * 8 * 9 * 144]):
-        assert 2 * macs <= cost <= 2.1 * macs
+
+def test_the_other_trials_go_by_measured_time_in_whole_rounds():
+    # 100 trials are 3 rounds of 32: 0.75 and 2.25 by time, the larger remainder first; the 4 left over
+    # are no round. A task without a time (exhausted, or nothing ran) gets none.
+    assert extra_trials([None, 1.0, 3.0], 100) == [0, 32, 64]
+    assert extra_trials([2.0, 2.0], 64) == [32, 32]
+    assert extra_trials([5.0, 1.0], 31) == [0, 0]
+    assert extra_trials([None, None], 640) == [0, 0]
 
 
 def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
-    from edgesparse.backends import tuning
-
     monkeypatch.setattr(tuning, "BUILD_TIMEOUT_S", 0.001)  # every build times out
     model = conv_net(1)
     summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)

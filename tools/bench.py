@@ -264,7 +264,7 @@ def main() -> int:
     parser.add_argument("--number", type=int, default=10, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=5, help="timings per figure, taken in turn with those of the figures it is compared with (the median is shown)")
     parser.add_argument("--tuning-dir", type=Path, default=Path("build/tuning"), help="tuned: the tuning directories, one per model (kept and resumed)")
-    parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (shared by its tasks by their FLOPs)")
+    parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (a round per task, the rest by measured time)")
     args = parser.parse_args()
     threads = use_all_cores()
     print(f"threads: {threads} (TVM_NUM_THREADS and ONNX Runtime intra-op)")

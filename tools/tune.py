@@ -26,7 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, TUNABLE_TARGETS)
     parser.add_argument("-o", "--output", required=True, help="tuning directory: the MetaSchedule database (kept and resumed) and its logs")
-    parser.add_argument("--trials", type=int, required=True, help="candidates to measure in all, shared by the tasks in proportion to their FLOPs after a search round each")
+    parser.add_argument("--trials", type=int, required=True, help="candidates to measure in all: a search round per task, the rest by the tasks' measured time per run")
     parser.add_argument("--rpc", type=RPCAddress.parse, help="HOST:PORT:KEY of the RPC tracker and the board's key (default: measure on this host)")
     parser.add_argument("--session-timeout", type=float, default=SESSION_TIMEOUT_S, help="seconds one candidate may take on the board (upload, load, runs)")
     args = parser.parse_args()
