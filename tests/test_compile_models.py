@@ -44,6 +44,16 @@ def test_arm_cpu_build_is_an_aarch64_library(name, tmp_path):
     assert artefact.report["target"] == "arm_cpu" and artefact.report["device"] == "arm/rasp4b64"
 
 
+# How the executable's text shows main: a compiled function, or the bytecode's instructions.
+COMPILED_MAIN, BYTECODE_MAIN = "@main num_inputs=1 vm_tir_func", "@main:\n  call "
+
+
+@pytest.mark.parametrize(("target", "main"), [("llvm", COMPILED_MAIN), ("arm_cpu", COMPILED_MAIN), ("mali", BYTECODE_MAIN)])
+def test_cpu_builds_compile_main_to_machine_code_and_gpu_builds_keep_bytecode(target, main):
+    executable = compile_model(load_model("tiny"), target).build.executable
+    assert executable.as_text().startswith(main)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_mali_build_has_an_opencl_kernel_for_every_compute_function(name, tmp_path):
     result = compile_model(load_model(name), "mali")
