@@ -96,11 +96,11 @@ def _split_weight_prepack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) ->
     return split
 
 
-def _exec_mode(target: tvm.target.Target) -> str:
+def _exec_mode(spec: TargetSpec) -> str:
     """CPU builds compile ``main`` itself to machine code ("compiled"): the bytecode interpreter's cost
     per instruction (allocations, calls) was a third or more of a tuned small net's run on the host (the
     README's Benchmarks). GPU builds keep the bytecode: no GPU here runs the compiled form to check it."""
-    return "compiled" if target.kind.name == "llvm" else "bytecode"
+    return "bytecode" if spec.is_gpu else "compiled"
 
 
 def fuse(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
@@ -153,7 +153,7 @@ def build(
 ) -> TVMBuild:
     """``tuning_db``: MetaSchedule's records; ``gated_schedules``: tuned gated kernel knobs by workload."""
     lowered, tuned = lower(import_to_relax(model, spec.target, gated_schedules), spec, tuning_db)
-    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec.target)), tuned)
+    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec)), tuned)
     if spec.is_gpu and (missing := functions_without_kernel(result)):
         raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")
     return result

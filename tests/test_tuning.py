@@ -11,11 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import free_port, run_tool, save_model, set_up_device
-from edgesparse.backends import compile_model
+from edgesparse.backends import compile_model, tuning
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.targets import resolve_target
-from edgesparse.backends import tuning
 from edgesparse.backends.tuning import CANDIDATE_FILE, extra_trials, first_round, tune
 from edgesparse.passes import EdgesparseError
 
