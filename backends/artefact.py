@@ -66,6 +66,7 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "params_after": count_params(optimized),
         "nodes": [{"name": entry.name, "op_type": entry.op_type, "macs": entry.macs} for entry in nodes],
         "tuned_functions": build.tuned_functions,
+        "conv_layout": build.conv_layout,
         **recorded,
     }
 

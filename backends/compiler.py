@@ -20,7 +20,7 @@ from edgesparse.backends.artefact import Artefact, make_report, write_artefact
 from edgesparse.backends.gated_tuning import GatedScheduleRecords
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
-from edgesparse.backends.tvm_build import TVMBuild, build, open_tuning_database
+from edgesparse.backends.tvm_build import IMPORTED_CONV_LAYOUT, TVMBuild, build, open_tuning_database, tuned_conv_layout
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES, expand_pass_names, run_pipeline
 
@@ -68,11 +68,13 @@ def compile_model(
     """Runs the passes on a copy of ``model`` (which is left as it was) and builds the result.
 
     ``tuning_db``: a directory written by :func:`edgesparse.backends.tuning.tune` (``tools/tune.py``);
-    the functions tuned there get their tuned schedules, the gated kernels their fastest knobs.
+    the functions tuned there get their tuned schedules, the gated kernels their fastest knobs, and the
+    convs the layout they were tuned in.
     """
     spec = resolve_target(target, device)
     database = open_tuning_database(tuning_db) if tuning_db is not None else None  # before the passes: fail early
     gated_schedules = GatedScheduleRecords(tuning_db).best_schedules() if tuning_db is not None else None
+    conv_layout = tuned_conv_layout(tuning_db) if tuning_db is not None else IMPORTED_CONV_LAYOUT
     optimized, pass_names = optimize(model, passes, debug=debug, pass_options=pass_options)
-    tvm_build = build(optimized, spec, database, gated_schedules)
+    tvm_build = build(optimized, spec, database, gated_schedules, conv_layout)
     return CompileResult(optimized, tvm_build, make_report(model, optimized, pass_names, tvm_build))

@@ -1,8 +1,8 @@
 """ONNX (onnx-ir) -> Relax: TVM's ONNX importer, taught this project's ops.
 
 TVM's importer has no hook for custom ops, so a subclass converts ``edgesparse::GatedConv`` itself,
-into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) for the build's target.
-Everything else is TVM's own import.
+into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) for the build's target, and
+``Clip`` with constant bounds into Relax ops (see :func:`clip`). Everything else is TVM's own import.
 """
 
 from __future__ import annotations
@@ -74,6 +74,20 @@ def gated_conv(
     return relax.call_tir(kernel, [x, relax.const(pack_weight(weight, shape, schedule)), relax.const(bias.astype(np.float32))], out_ty=out_type)
 
 
+def clip(bb: relax.BlockBuilder, x: relax.Expr, bounds: list[relax.Expr | None]) -> relax.Expr | None:
+    """ONNX Clip (opset 11 on: bounds are inputs) with constant bounds, or none, as ``R.maximum`` /
+    ``R.minimum`` with scalar constants; None when a bound is computed. TVM's importer emits each as a
+    ``call_tir`` of a TE function, which ConvertLayout cannot see through: an NHWC conv before a ReLU6
+    would get a transpose on either side. A NaN bound is no bound, as in ONNX Runtime."""
+    if any(bound is not None and not isinstance(bound, tvm.ir.GenericConst) for bound in bounds):
+        return None
+    dtype = x.ty.dtype
+    for op, bound in zip((relax.op.maximum, relax.op.minimum), bounds):
+        if bound is not None and not np.isnan(value := float(bound.value.numpy())):
+            x = bb.normalize(op(x, relax.const(value, dtype)))
+    return x
+
+
 class EdgesparseImporter(ONNXGraphImporter):
     def __init__(self, shape_dict, dtype_dict, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule]):
         super().__init__(shape_dict, dtype_dict)
@@ -85,6 +99,8 @@ class EdgesparseImporter(ONNXGraphImporter):
         pass
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
+        if op_name == "Clip" and opset >= 11 and (clipped := clip(self.bb, inputs[0], inputs[1:3])) is not None:
+            return clipped
         if op_name != OP_TYPE:
             return super()._convert_operator(op_name, inputs, attrs, opset)
         attrs = {name: attrs[name] for name in ("threshold", "strides", "pads", "dilations", "group")}

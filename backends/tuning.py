@@ -41,7 +41,7 @@ from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.backends.timing import use_all_cores
-from edgesparse.backends.tvm_build import export_library, fuse
+from edgesparse.backends.tvm_build import CONV_LAYOUT_FILE, IMPORTED_CONV_LAYOUT, export_library, fuse, record_conv_layout, tuned_conv_layout
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES
 
@@ -63,6 +63,10 @@ FIRST_ROUND_TRIALS = 16
 # picks (about 40 s of a 55 s round of 16 candidates on this project's 2-core host): bigger rounds
 # measure more candidates an hour; the cost model still learns between them.
 TRIALS_PER_ROUND = 32
+# The conv2d layout dense models are tuned in. Vectorized along the output channels, NHWC's tuned convs
+# were faster than NCHW's on the ResNet-style net (README, Benchmarks). Models with gated kernels, which
+# read NCHW, keep it: each would need a transpose on either side.
+DENSE_CONV_LAYOUT = "NHWC"
 
 
 @dataclasses.dataclass
@@ -78,6 +82,8 @@ class TaskResult:
 class TuningSummary:
     work_dir: Path
     target: Target
+    # The conv2d data layout the tasks were tuned in (builds from the database use it too).
+    conv_layout: str
     tasks: list[TaskResult]
     # Candidates measured by this run (0: the database already held the requested trials).
     measured: int
@@ -99,10 +105,18 @@ def device_threads(rpc_address: RPCAddress) -> int:
     return int(request_session(rpc_address).get_function("runtime.NumThreads")())
 
 
-def extract_tasks(mod: tvm.IRModule, spec: TargetSpec, target: Target) -> list[ms.ExtractedTask]:
+def tuning_conv_layout(work_dir: Path, gated: Sequence[GatedWorkload]) -> str:
+    """The conv2d layout a tuning directory was tuned in, so that a re-run resumes its database; for a
+    new one, NCHW where there are gated kernels, else DENSE_CONV_LAYOUT."""
+    if (work_dir / CONV_LAYOUT_FILE).is_file():
+        return tuned_conv_layout(work_dir)
+    return IMPORTED_CONV_LAYOUT if gated else DENSE_CONV_LAYOUT
+
+
+def extract_tasks(mod: tvm.IRModule, spec: TargetSpec, target: Target, conv_layout: str = IMPORTED_CONV_LAYOUT) -> list[ms.ExtractedTask]:
     """MetaSchedule's tasks of an imported model: its fused, not yet scheduled PrimFuncs. The gated
     kernels, written scheduled, are tuned by their own knobs instead (gated_tuning)."""
-    tasks = ms.relax_integration.extract_tasks(fuse(mod, spec), target)
+    tasks = ms.relax_integration.extract_tasks(fuse(mod, spec, conv_layout), target)
     return [task for task in tasks if shape_of(task.dispatched[0]["main"]) is None]
 
 
@@ -276,11 +290,13 @@ def tune(
     optimized, _ = optimize(model, passes, debug=debug, pass_options=pass_options)
     target = tuning_target(spec, rpc_address)
     imported = import_to_relax(optimized, spec.target)
-    tasks, gated = extract_tasks(imported, spec, target), gated_workloads(imported, target)
+    gated, work_dir = gated_workloads(imported, target), Path(work_dir)
+    conv_layout = tuning_conv_layout(work_dir, gated)
+    tasks = extract_tasks(imported, spec, target, conv_layout)
     if not tasks and not gated:
         raise EdgesparseError("the model has no functions to tune")
-    work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
+    record_conv_layout(work_dir, conv_layout)
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
     records = GatedScheduleRecords(work_dir)
     with tqdm(desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
@@ -294,7 +310,7 @@ def tune(
         run.up_to(shares)
     results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
     results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key)) for workload in gated]
-    return TuningSummary(work_dir, target, results, run.progress.measured, run.progress.failed)
+    return TuningSummary(work_dir, target, conv_layout, results, run.progress.measured, run.progress.failed)
 
 
 @dataclasses.dataclass

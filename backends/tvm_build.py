@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,12 @@ from edgesparse.passes.errors import EdgesparseError
 
 # What ms.database.JSONDatabase(work_dir=...) reads and writes.
 TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+# The conv2d data layout a tuning directory's records were tuned in, beside MetaSchedule's files; a
+# directory without it was tuned in the imported NCHW layout.
+CONV_LAYOUT_FILE = "conv_layout.json"
+# conv2d data layout -> the kernel layout it goes with (a CPU build prepacks tuned weights anyway).
+CONV_KERNEL_LAYOUTS = {"NCHW": "OIHW", "NHWC": "OHWI"}
+IMPORTED_CONV_LAYOUT = "NCHW"
 
 
 @dataclasses.dataclass
@@ -38,6 +45,8 @@ class TVMBuild:
     executable: relax.Executable
     # PrimFuncs whose schedules came from a tuning database.
     tuned_functions: list[str]
+    # The data layout its conv2d ops ran in (the tuning database's).
+    conv_layout: str
 
     def export(self, path: str | os.PathLike) -> None:
         """Writes the shared library; for arm targets an aarch64 ELF linked by the cross compiler."""
@@ -65,13 +74,17 @@ def _module_tree(module: tvm.runtime.Module):
 _BACKENDS = {"llvm": relax.backend.cpu_generic.pipeline, "opencl": relax.backend.gpu_generic.pipeline, "cuda": relax.backend.cuda.pipeline}
 
 
-def _pipeline_halves(target: tvm.target.Target) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV_LAYOUT) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
     """The target's default Relax pipeline, cut right after FuseTIR: there the fused PrimFuncs exist and
-    are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches."""
+    are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches.
+    With another ``conv_layout`` than the imported NCHW, the convs are converted to it first (the
+    layout spreads through the elementwise ops after them; transposes go where it stops)."""
     backend = _BACKENDS[target.kind.name]
     legalize = backend.legalize_passes(target)
     cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")
     first = backend.library_dispatch_passes(target) + legalize[:cut]
+    if conv_layout != IMPORTED_CONV_LAYOUT:
+        first = [relax.transform.ConvertLayout({"relax.nn.conv2d": [conv_layout, CONV_KERNEL_LAYOUTS[conv_layout]]})] + first
     second = legalize[cut:] + backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
     if target.kind.name == "llvm":
         # CPU weight prepacking, as relax.pipeline.static_shape_tuning_pipeline does it: the fused
@@ -103,10 +116,10 @@ def _exec_mode(spec: TargetSpec) -> str:
     return "bytecode" if spec.is_gpu else "compiled"
 
 
-def fuse(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
+def fuse(mod: tvm.IRModule, spec: TargetSpec, conv_layout: str = IMPORTED_CONV_LAYOUT) -> tvm.IRModule:
     """The first half of the default pipeline: legalized, fused PrimFuncs, none scheduled (tuning tasks)."""
     with spec.target:
-        return tvm.transform.Sequential(_pipeline_halves(spec.target)[0])(mod)
+        return tvm.transform.Sequential(_pipeline_halves(spec.target, conv_layout)[0])(mod)
 
 
 def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
@@ -117,13 +130,34 @@ def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
     return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
 
 
-def lower(mod: tvm.IRModule, spec: TargetSpec, tuning_db: ms.Database | None = None) -> tuple[tvm.IRModule, list[str]]:
+def tuned_conv_layout(directory: str | os.PathLike) -> str:
+    """The conv2d data layout the tuning directory's records were tuned in (a build must use it too)."""
+    path = Path(directory) / CONV_LAYOUT_FILE
+    if not path.is_file():
+        return IMPORTED_CONV_LAYOUT
+    try:
+        layout = json.loads(path.read_text())["conv2d"]
+    except (ValueError, TypeError, KeyError):
+        raise EdgesparseError(f'{path}: not a conv layout record (expected {{"conv2d": "NHWC"}} or "NCHW")') from None
+    if layout not in CONV_KERNEL_LAYOUTS:
+        raise EdgesparseError(f"{path}: unknown conv2d layout {layout!r} (known: {', '.join(CONV_KERNEL_LAYOUTS)})")
+    return layout
+
+
+def record_conv_layout(directory: str | os.PathLike, layout: str) -> None:
+    (Path(directory) / CONV_LAYOUT_FILE).write_text(json.dumps({"conv2d": layout}) + "\n")
+
+
+def lower(
+    mod: tvm.IRModule, spec: TargetSpec, tuning_db: ms.Database | None = None, conv_layout: str = IMPORTED_CONV_LAYOUT
+) -> tuple[tvm.IRModule, list[str]]:
     """The target's default Relax pipeline: fusion and legalization; on GPU also dlight schedules.
 
     With ``tuning_db``, the fused PrimFuncs found in it get their tuned schedules and the others go on
-    as without it. Returns the lowered module and the names of the PrimFuncs scheduled from the database.
+    as without it (``conv_layout``: the one it was tuned in). Returns the lowered module and the names
+    of the PrimFuncs scheduled from the database.
     """
-    first, second = _pipeline_halves(spec.target)
+    first, second = _pipeline_halves(spec.target, conv_layout)
     with spec.target, tuning_db if tuning_db is not None else contextlib.nullcontext():
         fused = tvm.transform.Sequential(first)(mod)
         # made here: the pass takes the current target and database when it is made
@@ -150,10 +184,12 @@ def build(
     spec: TargetSpec,
     tuning_db: ms.Database | None = None,
     gated_schedules: Mapping[str, GatedConvSchedule] | None = None,
+    conv_layout: str = IMPORTED_CONV_LAYOUT,
 ) -> TVMBuild:
-    """``tuning_db``: MetaSchedule's records; ``gated_schedules``: tuned gated kernel knobs by workload."""
-    lowered, tuned = lower(import_to_relax(model, spec.target, gated_schedules), spec, tuning_db)
-    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec)), tuned)
+    """``tuning_db``: MetaSchedule's records; ``gated_schedules``: tuned gated kernel knobs by workload;
+    ``conv_layout``: the conv2d data layout the records were tuned in."""
+    lowered, tuned = lower(import_to_relax(model, spec.target, gated_schedules), spec, tuning_db, conv_layout)
+    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec)), tuned, conv_layout)
     if spec.is_gpu and (missing := functions_without_kernel(result)):
         raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")
     return result

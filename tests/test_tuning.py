@@ -13,9 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import free_port, run_tool, save_model, set_up_device
 from edgesparse.backends import compile_model, tuning
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tuning import CANDIDATE_FILE, extra_trials, first_round, tune
+from edgesparse.backends.tvm_build import CONV_LAYOUT_FILE, fuse, tuned_conv_layout
 from edgesparse.passes import EdgesparseError
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
@@ -60,7 +62,8 @@ def assert_matches_onnxruntime(model: ir.Model, run) -> None:
 def assert_weights_prepacked(build, tasks) -> None:
     functions = {gvar.name_hint for gvar, _ in build.lowered.functions_items()}
     # Each tuned conv reads its weight in the layout its schedule chose (MetaSchedule's RewriteLayout)...
-    assert {f"{task.name}_prepacked" for task in tasks} <= functions
+    convs = {f"{task.name}_prepacked" for task in tasks if "conv2d" in task.name}
+    assert convs and convs <= functions
     # ...relaid once, by FoldConstant at build time: the model's run never calls a relayout.
     assert "_weight_prepack" not in build.lowered["main"].script()
 
@@ -74,10 +77,12 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
     # database holds exactly those measurements.
     assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [3]
     assert len(database_records(tmp_path / "tuning")) == 3
-    assert summary.tasks[0].trials == 3 and summary.tasks[0].best_ms > 0
+    # In NHWC: the conv, and the transposes from and to the model's NCHW, a trial each.
+    assert summary.conv_layout == "NHWC" and len(summary.tasks) == 3
+    assert all(task.trials == 1 and task.best_ms > 0 for task in summary.tasks)
 
     result = compile_model(model, "arm_cpu", tuning_db=tmp_path / "tuning")
-    assert result.build.tuned_functions == [summary.tasks[0].name]
+    assert result.build.tuned_functions == sorted(task.name for task in summary.tasks)
     assert_weights_prepacked(result.build, summary.tasks)
     artefact = result.save(tmp_path / "build")
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
@@ -93,7 +98,8 @@ def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
 
-def test_two_devices_under_one_key_both_measure(tmp_path):
+def test_two_devices_under_one_key_both_measure(monkeypatch, tmp_path):
+    monkeypatch.setattr(tuning, "DENSE_CONV_LAYOUT", "NCHW")  # one task: the four trials all its
     port = free_port(count=3)  # the tracker's, then two servers'
     farm = set_up_device(port, port + 1)
     with farm.running(n_servers=2):
@@ -106,10 +112,12 @@ def test_two_devices_under_one_key_both_measure(tmp_path):
 @pytest.fixture(scope="module")
 def host_tuning(tmp_path_factory):
     """A two-task model tuned on this host, 4 trials in rounds of one (so that the trials after the
-    first round are shared by time too): (model file, tuning directory, summary)."""
+    first round are shared by time too), its convs in NCHW (two tasks, no transposes): (model file,
+    tuning directory, summary)."""
     directory = tmp_path_factory.mktemp("host")
     model_path = save_model(conv_net(2), directory / "conv2.onnx")
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning, "DENSE_CONV_LAYOUT", "NCHW")
         patch.setattr(tuning, "FIRST_ROUND_TRIALS", 1)
         patch.setattr(tuning, "TRIALS_PER_ROUND", 1)
         summary = tune(conv_net(2), resolve_target("llvm"), directory / "tuning", trials=4)
@@ -121,7 +129,7 @@ def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     assert (summary.measured, summary.failed) == (4, 0) and len(summary.tasks) == 2
     result = run_tool("compile", model_path, "--target", "llvm", "--tuning-db", tuning_dir, "-o", tmp_path / "build")
     assert result.returncode == 0, result.stderr
-    assert "tuned schedules from" in result.stdout and ": 2 functions" in result.stdout
+    assert "tuned schedules from" in result.stdout and ": 2 functions" in result.stdout and "convs in NCHW" in result.stdout
     run = run_tool("run", tmp_path / "build", "--check")
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
@@ -130,6 +138,35 @@ def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
 def test_tuned_convolutions_read_weights_prepacked_at_build_time(host_tuning):
     _, tuning_dir, summary = host_tuning
     assert_weights_prepacked(compile_model(conv_net(2), "llvm", tuning_db=tuning_dir).build, summary.tasks)
+
+
+@pytest.mark.parametrize("layout, conv_output", [("NCHW", "(1, 8, 12, 12)"), ("NHWC", "(1, 12, 12, 8)")])
+def test_the_convs_take_the_layout_asked_and_the_output_keeps_the_models(layout, conv_output):
+    spec = resolve_target("llvm")
+    main = fuse(import_to_relax(conv_net(1), spec.target), spec, layout)["main"]
+    conv_calls = [line for line in main.script().splitlines() if "fused_conv2d" in line]
+    assert conv_calls and all(f"out_ty=R.Tensor({conv_output}" in line for line in conv_calls)
+    assert [int(dim) for dim in main.ret_ty.shape] == [1, 8, 12, 12]
+
+
+def test_dense_convs_are_tuned_and_built_in_nhwc(tmp_path):
+    summary = tune(conv_net(2), resolve_target("llvm"), tmp_path / "tuning", trials=4)
+    assert summary.conv_layout == tuned_conv_layout(tmp_path / "tuning") == "NHWC"
+    tuned = compile_model(conv_net(2), "llvm", tuning_db=tmp_path / "tuning")
+    assert tuned.report["conv_layout"] == "NHWC"
+    assert "R.Tensor((1, 12, 12, 8)" in tuned.build.lowered["main"].script()  # the convs' outputs
+    assert tuned.build.tuned_functions == sorted(task.name for task in summary.tasks)
+    assert_matches_onnxruntime(conv_net(2), tuned.run)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [('{"conv2d": "NCHW16c"}', r"unknown conv2d layout 'NCHW16c' \(known: NCHW, NHWC\)"), ("NHWC", "not a conv layout record"), ("[]", "not a conv layout record")],
+)
+def test_a_bad_conv_layout_record_is_one_error_line(record, message, tmp_path):
+    (tmp_path / CONV_LAYOUT_FILE).write_text(record)
+    with pytest.raises(EdgesparseError, match=f"conv_layout.json: {message}"):
+        tuned_conv_layout(tmp_path)
 
 
 def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
@@ -172,8 +209,8 @@ def test_the_other_trials_go_by_measured_time_in_whole_rounds():
 def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "BUILD_TIMEOUT_S", 0.001)  # every build times out
     model = conv_net(1)
-    summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)
-    assert (summary.measured, summary.failed) == (2, 2) and summary.tasks[0].best_ms is None
+    summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=3)  # a trial per task
+    assert (summary.measured, summary.failed) == (3, 3) and all(task.best_ms is None for task in summary.tasks)
     assert compile_model(model, "llvm", tuning_db=tmp_path / "tuning").build.tuned_functions == []
 
 
@@ -202,6 +239,7 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
     summary = tune(model, spec, tmp_path / "tuning", trials=3, passes="default,featreg")
     assert [(task.name, task.trials) for task in summary.tasks] == [("gated_conv 16->16 3x3 on 12x12", 3)]
     assert summary.failed == 0 and summary.tasks[0].best_ms > 0
+    assert tuned_conv_layout(tmp_path / "tuning") == "NCHW"  # the gated kernels read NCHW
     [records] = json.loads((tmp_path / "tuning" / SCHEDULES_FILE).read_text()).values()
     shape = GatedConvShape(1, 16, 16, 12, 12, (3, 3), pads=(1, 1, 1, 1))
     measured = [GatedConvSchedule(**record["schedule"]) for record in records]

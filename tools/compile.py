@@ -36,7 +36,7 @@ def main() -> int:
     print(f"passes {', '.join(report['passes'])}")
     print(f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> {report['params_after']:,}")
     if args.tuning_db:
-        print(f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions ({', '.join(report['tuned_functions']) or 'none matched'})")
+        print(f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions ({', '.join(report['tuned_functions']) or 'none matched'}), convs in {report['conv_layout']}")
     print(f"wrote {artefact.directory}/: {', '.join(sorted(path.name for path in artefact.directory.iterdir()))}")
     return 0
 

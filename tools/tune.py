@@ -47,7 +47,7 @@ def main() -> int:
         session_timeout_s=args.session_timeout,
     )
     where = f"device {args.rpc}" if args.rpc else "this host"
-    print(f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for {summary.target.attrs['num-cores']} cores")
+    print(f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for {summary.target.attrs['num-cores']} cores, convs in {summary.conv_layout}")
     for task in summary.tasks:
         best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no successful candidate"
         print(f"  {task.name}: {task.trials} trials, best {best}")
