@@ -41,7 +41,7 @@ from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.backends.timing import use_all_cores
-from edgesparse.backends.tvm_build import CONV_LAYOUT_FILE, IMPORTED_CONV_LAYOUT, export_library, fuse, record_conv_layout, tuned_conv_layout
+from edgesparse.backends.tvm_build import IMPORTED_CONV_LAYOUT, export_library, fuse, record_conv_layout, tuned_conv_layout
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES
 
@@ -103,14 +103,6 @@ def tuning_target(spec: TargetSpec, rpc_address: RPCAddress | None) -> Target:
 def device_threads(rpc_address: RPCAddress) -> int:
     """How many threads the device's TVM runtime runs a parallel loop on."""
     return int(request_session(rpc_address).get_function("runtime.NumThreads")())
-
-
-def tuning_conv_layout(work_dir: Path, gated: Sequence[GatedWorkload]) -> str:
-    """The conv2d layout a tuning directory was tuned in, so that a re-run resumes its database; for a
-    new one, NCHW where there are gated kernels, else DENSE_CONV_LAYOUT."""
-    if (work_dir / CONV_LAYOUT_FILE).is_file():
-        return tuned_conv_layout(work_dir)
-    return IMPORTED_CONV_LAYOUT if gated else DENSE_CONV_LAYOUT
 
 
 def extract_tasks(mod: tvm.IRModule, spec: TargetSpec, target: Target, conv_layout: str = IMPORTED_CONV_LAYOUT) -> list[ms.ExtractedTask]:
@@ -291,7 +283,8 @@ def tune(
     target = tuning_target(spec, rpc_address)
     imported = import_to_relax(optimized, spec.target)
     gated, work_dir = gated_workloads(imported, target), Path(work_dir)
-    conv_layout = tuning_conv_layout(work_dir, gated)
+    # A re-run resumes the directory's layout, so that its database still matches.
+    conv_layout = tuned_conv_layout(work_dir, default=IMPORTED_CONV_LAYOUT if gated else DENSE_CONV_LAYOUT)
     tasks = extract_tasks(imported, spec, target, conv_layout)
     if not tasks and not gated:
         raise EdgesparseError("the model has no functions to tune")

@@ -130,11 +130,12 @@ def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
     return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
 
 
-def tuned_conv_layout(directory: str | os.PathLike) -> str:
-    """The conv2d data layout the tuning directory's records were tuned in (a build must use it too)."""
+def tuned_conv_layout(directory: str | os.PathLike, default: str = IMPORTED_CONV_LAYOUT) -> str:
+    """The conv2d data layout the tuning directory's records were tuned in (a build must use it too);
+    ``default`` where none is recorded (before this record existed, tunings were NCHW)."""
     path = Path(directory) / CONV_LAYOUT_FILE
     if not path.is_file():
-        return IMPORTED_CONV_LAYOUT
+        return default
     try:
         layout = json.loads(path.read_text())["conv2d"]
     except (ValueError, TypeError, KeyError):
