@@ -187,6 +187,26 @@ def _break_even(sparsities: list[float], speedups: list[float]) -> str:
 TUNED_MODELS = ("resnet", "mobilenetv2", "edsr")
 
 
+MATMUL_SIZE = 2048
+
+
+def matmul_gflops(repeat: int = 10) -> float:
+    """This host's float32 matmul rate (the best of ``repeat``), a practical ceiling for the rate of a
+    conv net, whose convs are matmuls too: a tuned net near it cannot get much faster."""
+    import time
+
+    import numpy as np
+
+    a, b = np.random.default_rng(0).random((2, MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32)
+    a @ b  # warm-up: BLAS threads and pages
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * MATMUL_SIZE**3 / min(seconds) / 1e9
+
+
 @section("tuned")
 def tuned_section(args: argparse.Namespace) -> None:
     """Tuned TVM (llvm, a MetaSchedule database per model) vs untuned TVM vs ONNX Runtime, batch 1. Each
@@ -197,6 +217,7 @@ def tuned_section(args: argparse.Namespace) -> None:
     from edgesparse.backends.targets import resolve_target
     from edgesparse.backends.tuning import tune
 
+    print(f"this host's float32 matmul (numpy's BLAS, {MATMUL_SIZE}x{MATMUL_SIZE}, every core): {matmul_gflops():.0f} GFLOP/s")
     rows = []
     for name, model in bench_models().items():
         if name not in TUNED_MODELS:
@@ -206,11 +227,13 @@ def tuned_section(args: argparse.Namespace) -> None:
         inputs = random_inputs(tuned.optimized)
         tuned_ms, ort_ms, untuned_ms = latencies_ms(tuned, inputs, args, compile_model(model, "llvm").build.executable)
         trials = sum(task.trials for task in summary.tasks)
+        flops = 2 * tuned.report["macs_after"]
         rows.append([
             name, f"{len(tuned.build.tuned_functions)}/{len(summary.tasks)}", str(trials),
             f"{untuned_ms:.3f}", f"{tuned_ms:.3f}", f"{ort_ms:.3f}", f"{untuned_ms / tuned_ms:.1f}x", f"{tuned_ms / ort_ms:.2f}",
+            f"{flops / tuned_ms / 1e6:.0f}", f"{flops / ort_ms / 1e6:.0f}",
         ])  # fmt: skip
-    header = ["model", "tuned tasks", "trials", "untuned ms", "tuned ms", "ORT ms", "tuning speed-up", "tuned/ORT"]
+    header = ["model", "tuned tasks", "trials", "untuned ms", "tuned ms", "ORT ms", "tuning speed-up", "tuned/ORT", "tuned GFLOP/s", "ORT GFLOP/s"]
     print_table(f"TVM llvm tuned (MetaSchedule, up to {args.trials} trials a model, {args.tuning_dir}) vs untuned vs ONNX Runtime, batch 1", header, rows)
 
 
