@@ -160,23 +160,29 @@ def first_round(tasks: int, trials: int) -> int:
     return max(1, min(FIRST_ROUND_TRIALS, trials // tasks))
 
 
-def extra_trials(times_ms: Sequence[float | None], remaining: int) -> list[int]:
-    """``remaining`` trials as whole rounds, shared by the tasks' measured time per model run (largest
-    remainders first); a task without one (nothing ran, or its search space ran out) gets none.
+def extra_trials(times_ms: Sequence[float | None], remaining: int, counts: Sequence[int] | None = None) -> list[int]:
+    """``remaining`` trials as whole rounds, each to the task furthest below its share of all the trials
+    (the ``counts`` it has, plus these) by its measured time per model run; a task without one (nothing
+    ran, or its search space ran out) gets none.
 
     Measured time, not FLOPs: in the ResNet-style test net the two stride-2 3x3 convs do a fifth of the
-    FLOPs and, tuned by FLOPs, took over a third of the time. Whole rounds keep the tasks' missing
-    trials few distinct numbers: each is a scheduler run of its own (_tune_group), with a cold cost model.
+    FLOPs and, tuned by FLOPs, took over a third of the time. Shares of all the trials, not of those
+    left: a task new to a resumed database (a pipeline change made it) catches up with the others
+    instead of getting a sliver of what is left. Whole rounds keep the tasks' missing trials few
+    distinct numbers: each is a scheduler run of its own (_tune_group), with a cold cost model.
     """
     weights = [time or 0.0 for time in times_ms]
-    rounds, total = max(0, remaining) // TRIALS_PER_ROUND, sum(weights)
-    if total == 0:
-        return [0] * len(weights)
-    exact = [rounds * weight / total for weight in weights]
-    extra = [int(value) for value in exact]
-    for index in sorted(range(len(weights)), key=lambda index: extra[index] - exact[index])[: rounds - sum(extra)]:
-        extra[index] += 1
-    return [TRIALS_PER_ROUND * count for count in extra]
+    have = list(counts) if counts is not None else [0] * len(weights)
+    extra = [0] * len(weights)
+    timed = [index for index, weight in enumerate(weights) if weight > 0]
+    rounds = max(0, remaining) // TRIALS_PER_ROUND
+    if not timed:
+        return extra
+    final, total_weight = sum(have) + rounds * TRIALS_PER_ROUND, sum(weights)
+    for _ in range(rounds):
+        furthest_below = max(timed, key=lambda index: final * weights[index] / total_weight - have[index] - extra[index])
+        extra[furthest_below] += TRIALS_PER_ROUND
+    return extra
 
 
 def task_key(task: ms.ExtractedTask) -> str:
@@ -297,7 +303,7 @@ def tune(
         bar.total = max(0, trials - sum(run.counts()))
         run.up_to([first_round(len(tasks) + len(gated), trials)] * (len(tasks) + len(gated)))
         counts = run.counts()
-        shares = [count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts)))]
+        shares = [count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts), counts))]
         bar.total = bar.n + sum(run.missing(shares))
         bar.refresh()
         run.up_to(shares)

@@ -23,6 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
 from edgesparse.backends.gated_conv import GatedConvSchedule, shape_of
+from edgesparse.backends.input_transpose_fusion import fuse_input_transpose
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.passes.errors import EdgesparseError
@@ -78,13 +79,14 @@ def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV
     """The target's default Relax pipeline, cut right after FuseTIR: there the fused PrimFuncs exist and
     are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches.
     With another ``conv_layout`` than the imported NCHW, the convs are converted to it first (the
-    layout spreads through the elementwise ops after them; transposes go where it stops)."""
+    layout spreads through the elementwise ops after them; transposes go where it stops), and a
+    transpose of the graph's input goes into the first conv's kernel."""
     backend = _BACKENDS[target.kind.name]
     legalize = backend.legalize_passes(target)
     cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")
     first = backend.library_dispatch_passes(target) + legalize[:cut]
     if conv_layout != IMPORTED_CONV_LAYOUT:
-        first = [relax.transform.ConvertLayout({"relax.nn.conv2d": [conv_layout, CONV_KERNEL_LAYOUTS[conv_layout]]})] + first
+        first = [relax.transform.ConvertLayout({"relax.nn.conv2d": [conv_layout, CONV_KERNEL_LAYOUTS[conv_layout]]}), fuse_input_transpose()] + first
     second = legalize[cut:] + backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
     if target.kind.name == "llvm":
         # CPU weight prepacking, as relax.pipeline.static_shape_tuning_pipeline does it: the fused
