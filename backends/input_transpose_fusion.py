@@ -1,9 +1,10 @@
 """Relax pass: a conv2d whose input is a transpose gets the transpose in its own fused kernel.
 
 ConvertLayout to NHWC leaves a ``permute_dims`` (NCHW -> NHWC) between the graph's NCHW input and the
-first conv. FuseOps keeps it a kernel of its own: it fuses elementwise ops after a conv, never an
-injective op before one. As a kernel of its own the transpose costs more than its work: one more
-parallel launch, and a buffer written by one core's share of it that the conv's threads then read.
+first conv, and wherever the layout stops, as before a conv after a pixel shuffle. FuseOps keeps it a
+kernel of its own: it fuses elementwise ops after a conv, never an injective op before one. As a kernel
+of its own the transpose costs more than its work: one more parallel launch, and a buffer written by
+one core's share of it that the conv's threads then read.
 Grouped with the conv (and with the bias add and activation after it, which FuseOps would have fused
 with the conv anyway), FuseTIR makes one PrimFunc of them, whose schedule reads the NCHW input directly
 (MetaSchedule's AutoInline inlines the transpose into the conv's padding).
