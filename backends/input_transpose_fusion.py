@@ -1,16 +1,18 @@
-"""Relax pass: a conv2d whose input is a transpose gets the transpose in its own fused kernel.
+"""Relax pass: a transpose that only a conv2d reads goes into the conv's fused kernel.
 
 ConvertLayout to NHWC leaves a ``permute_dims`` (NCHW -> NHWC) between the graph's NCHW input and the
 first conv, and wherever the layout stops, as before a conv after a pixel shuffle. FuseOps keeps it a
 kernel of its own: it fuses elementwise ops after a conv, never an injective op before one. As a kernel
 of its own the transpose costs more than its work: one more parallel launch, and a buffer written by
-one core's share of it that the conv's threads then read.
-Grouped with the conv (and with the bias add and activation after it, which FuseOps would have fused
-with the conv anyway), FuseTIR makes one PrimFunc of them, whose schedule reads the NCHW input directly
-(MetaSchedule's AutoInline inlines the transpose into the conv's padding).
+one core's share of it that the conv's threads then read. Grouped with the conv (and with the bias add
+and activations after it, which FuseOps would have fused with the conv anyway), FuseTIR makes one
+PrimFunc of them, whose schedule reads the NCHW input directly (MetaSchedule's AutoInline inlines the
+transpose into the conv's padding).
 
-Preserves: the computation (the same ops, only grouped) and every other fusion; refuses a transpose
-that another op reads too, which grouping would compute twice.
+Preserves: the computation (the same ops, only grouped), and the fusions of every conv it does not
+group. Refuses a transpose that another op reads too, which grouping would compute twice. Not
+preserved: an elementwise op after the bias add that is not in ACTIVATIONS (a sigmoid, say) stays out
+of the group and becomes a kernel of its own, where FuseOps would have fused it with the conv.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV
     are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches.
     With another ``conv_layout`` than the imported NCHW, the convs are converted to it first (the
     layout spreads through the elementwise ops after them; transposes go where it stops), and a
-    transpose of the graph's input goes into the first conv's kernel."""
+    transpose that only a conv reads goes into the conv's kernel (fuse_input_transpose)."""
     backend = _BACKENDS[target.kind.name]
     legalize = backend.legalize_passes(target)
     cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")

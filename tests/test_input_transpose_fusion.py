@@ -60,7 +60,7 @@ def grouped_ops(mod: tvm.IRModule) -> list[list[str]]:
         ((), ["add"]),
         (("relu",), ["add", "nn.relu"]),
         (("max0", "min6"), ["add", "maximum", "minimum"]),  # ReLU6 as the importer writes a Clip
-        (("sigmoid",), ["add"]),  # not a listed activation: FuseOps fuses it after the group's kernel
+        (("sigmoid",), ["add"]),  # not a listed activation: left out, a kernel of its own after the group
     ],
 )
 def test_the_transpose_conv_bias_and_activations_are_one_group(activations, group):
