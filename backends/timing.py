@@ -10,6 +10,8 @@ each), so that a slow spell of a shared host falls on all of them, not on whiche
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import os
 import statistics
@@ -78,16 +80,38 @@ def onnxruntime_timer(model: ir.Model, inputs: dict[str, np.ndarray], *, number:
     return timing
 
 
-def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5, rounds: int = ROUNDS) -> list[float]:
-    """Each timer's median timing: ``rounds`` rounds, each a block of ``repeat`` timings of every timer
-    in turn (after a settling pause and a warm-up timing)."""
-    timings: list[list[float]] = [[] for _ in timers]
+@dataclasses.dataclass
+class Timings:
+    """One runtime's timings (ms), a list per block of timings taken in a row."""
+
+    blocks: list[list[float]]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(itertools.chain.from_iterable(self.blocks))
+
+    @property
+    def fastest_block_ms(self) -> float:
+        """The median of its fastest block. A shared host's slow spells last a block or more and only
+        add time: this is the runtime's latency in the spells when the host lets it run."""
+        return min(statistics.median(block) for block in self.blocks)
+
+
+def interleaved_timings(timers: Sequence[Timer], repeat: int = 5, rounds: int = ROUNDS) -> list[Timings]:
+    """``rounds`` rounds, each a block of ``repeat`` timings of every timer in turn (after a settling
+    pause and a warm-up timing)."""
+    timings = [Timings([]) for _ in timers]
     for _ in range(rounds):
         for timer, results in zip(timers, timings):
             time.sleep(SETTLE_S)
             timer()
-            results.extend(timer() for _ in range(repeat))
-    return [statistics.median(results) for results in timings]
+            results.blocks.append([timer() for _ in range(repeat)])
+    return timings
+
+
+def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5, rounds: int = ROUNDS) -> list[float]:
+    """Each timer's median timing over :func:`interleaved_timings`."""
+    return [timings.median_ms for timings in interleaved_timings(timers, repeat, rounds)]
 
 
 def tvm_latency_ms(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS) -> float:

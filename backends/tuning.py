@@ -32,6 +32,7 @@ import tvm
 from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
@@ -76,6 +77,16 @@ class TaskResult:
     trials: int
     # Mean latency of the fastest candidate in the database; None: none ran successfully yet.
     best_ms: float | None
+    # Its calls per model run.
+    calls: int
+    # Floating-point operations per call (TVM's estimate_tir_flops); None for a gated kernel, whose
+    # work depends on its input.
+    flop: float | None
+
+    @property
+    def gflops(self) -> float | None:
+        """The rate of its fastest candidate: how far it is from the device's ceiling."""
+        return self.flop / self.best_ms / 1e6 if self.flop and self.best_ms else None
 
 
 @dataclasses.dataclass
@@ -89,6 +100,12 @@ class TuningSummary:
     measured: int
     # Of those, candidates that failed to build or run (they count as trials, never as fast).
     failed: int
+
+    def model_ms(self) -> float | None:
+        """The tasks' best times, each timed alone, added up over a model run (calls counted): what the
+        tuned kernels take without the calls between them; None while a task has no time."""
+        times = [task.best_ms * task.calls for task in self.tasks if task.best_ms is not None]
+        return sum(times) if len(times) == len(self.tasks) else None
 
 
 def tuning_target(spec: TargetSpec, rpc_address: RPCAddress | None) -> Target:
@@ -307,8 +324,11 @@ def tune(
         bar.total = bar.n + sum(run.missing(shares))
         bar.refresh()
         run.up_to(shares)
-    results = [TaskResult(task.task_name, count, best_ms(database, task)) for task, count in zip(tasks, trials_in_database(database, tasks))]
-    results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key)) for workload in gated]
+    results = [
+        TaskResult(task.task_name, count, best_ms(database, task), task.weight, estimate_tir_flops(task.dispatched[0]))
+        for task, count in zip(tasks, trials_in_database(database, tasks))
+    ]
+    results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key), workload.calls, None) for workload in gated]
     return TuningSummary(work_dir, target, conv_layout, results, run.progress.measured, run.progress.failed)
 
 

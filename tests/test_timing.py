@@ -26,9 +26,12 @@ def test_interleaved_rounds_take_turns_in_blocks_after_a_warm_up(monkeypatch):
     # per block: a warm-up timing (100, discarded), then two timings
     a = fake_timer("a", [100.0, 5.0, 1.0, 100.0, 3.0, 4.0])
     b = fake_timer("b", [100.0, 2.0, 9.0, 100.0, 4.0, 8.0])
-    medians = timing.interleaved_latencies_ms([a, b], repeat=2, rounds=2)
+    timings = timing.interleaved_timings([a, b], repeat=2, rounds=2)
     assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
-    assert medians == [3.5, 6.0]
+    assert [result.blocks for result in timings] == [[[5.0, 1.0], [3.0, 4.0]], [[2.0, 9.0], [4.0, 8.0]]]
+    assert [result.median_ms for result in timings] == [3.5, 6.0]
+    # a's blocks' medians 3.0 and 3.5, b's 5.5 and 6.0
+    assert [result.fastest_block_ms for result in timings] == [3.0, 5.5]
 
 
 @pytest.mark.parametrize("make_timer", ["tvm", "onnxruntime"])

@@ -135,6 +135,15 @@ def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
 
 
+def test_the_summary_tells_each_tasks_rate_and_the_kernels_time_a_run(host_tuning):
+    _, _, summary = host_tuning
+    # conv_net(2): conv 3->8 then 8->8, 3x3 on 12x12, each with its bias add and relu (an op a value each).
+    conv_flop = [2 * 12 * 12 * 8 * cin * 9 + 2 * 12 * 12 * 8 for cin in (3, 8)]
+    assert sorted(task.flop for task in summary.tasks) == conv_flop
+    assert all(task.calls == 1 and task.gflops == pytest.approx(task.flop / task.best_ms / 1e6) for task in summary.tasks)
+    assert summary.model_ms() == pytest.approx(sum(task.best_ms for task in summary.tasks))
+
+
 def test_tuned_convolutions_read_weights_prepacked_at_build_time(host_tuning):
     _, tuning_dir, summary = host_tuning
     assert_weights_prepacked(compile_model(conv_net(2), "llvm", tuning_db=tuning_dir).build, summary.tasks)
@@ -175,6 +184,7 @@ def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     result = run_tool("tune", model_path, "--target", "llvm", "--trials", "2", "-o", tuning_dir)
     assert result.returncode == 0, result.stderr
     assert "measured 0 candidates on this host" in result.stdout
+    assert result.stdout.count(" GFLOP/s)") == 2 and "the tasks' best times, each timed alone, add up to" in result.stdout
     assert database_records(tuning_dir) == records
 
 
@@ -247,6 +257,7 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
     summary = tune(model, spec, tmp_path / "tuning", trials=3, passes="default,featreg")
     assert [(task.name, task.trials) for task in summary.tasks] == [("gated_conv 16->16 3x3 on 12x12", 3)]
     assert summary.failed == 0 and summary.tasks[0].best_ms > 0
+    assert summary.tasks[0].gflops is None  # its work depends on the input's sparsity
     assert tuned_conv_layout(tmp_path / "tuning") == "NCHW"  # the gated kernels read NCHW
     [records] = json.loads((tmp_path / "tuning" / SCHEDULES_FILE).read_text()).values()
     shape = GatedConvShape(1, 16, 16, 12, 12, (3, 3), pads=(1, 1, 1, 1))

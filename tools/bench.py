@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,15 +69,20 @@ def models_section(args: argparse.Namespace) -> None:
     print_table("TVM llvm (untuned) vs ONNX Runtime, batch 1", ["model", "MMACs", "TVM ms", "ORT ms", "TVM/ORT"], rows)
 
 
-def latencies_ms(result, inputs: dict, args: argparse.Namespace, *other_executables) -> list[float]:
-    """[TVM, ONNX Runtime, each of ``other_executables``] latency of a compiled model at the same inputs,
-    timed in alternation."""
-    from edgesparse.backends.timing import interleaved_latencies_ms, onnxruntime_timer, tvm_timer
+def timings(result, inputs: dict, args: argparse.Namespace, *other_executables) -> list:
+    """[TVM, ONNX Runtime, each of ``other_executables``] timings of a compiled model at the same inputs,
+    taken in alternation (``Timings``)."""
+    from edgesparse.backends.timing import interleaved_timings, onnxruntime_timer, tvm_timer
 
     arrays = list(inputs.values())
     timers = [tvm_timer(result.build.executable, arrays, number=args.number), onnxruntime_timer(result.optimized, inputs, number=args.number)]
     timers += [tvm_timer(executable, arrays, number=args.number) for executable in other_executables]
-    return interleaved_latencies_ms(timers, args.repeat)
+    return interleaved_timings(timers, args.repeat)
+
+
+def latencies_ms(result, inputs: dict, args: argparse.Namespace, *other_executables) -> list[float]:
+    """The median of each of :func:`timings`."""
+    return [each.median_ms for each in timings(result, inputs, args, *other_executables)]
 
 
 STRIP_MODELS = ("resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls")
@@ -218,17 +224,22 @@ def tuned_section(args: argparse.Namespace) -> None:
         if name not in TUNED_MODELS:
             continue
         summary = tune(model, resolve_target("llvm"), args.tuning_dir / name, args.trials)
-        tuned = compile_model(model, "llvm", tuning_db=summary.work_dir)
-        inputs = random_inputs(tuned.optimized)
-        tuned_ms, ort_ms, untuned_ms = latencies_ms(tuned, inputs, args, compile_model(model, "llvm").build.executable)
-        trials = sum(task.trials for task in summary.tasks)
-        flops = 2 * tuned.report["macs_after"]
+        result = compile_model(model, "llvm", tuning_db=summary.work_dir)
+        tuned, ort, untuned = timings(result, random_inputs(result.optimized), args, compile_model(model, "llvm").build.executable)
+        flops = 2 * result.report["macs_after"]
         rows.append([
-            name, f"{len(tuned.build.tuned_functions)}/{len(summary.tasks)}", str(trials),
-            f"{untuned_ms:.3f}", f"{tuned_ms:.3f}", f"{ort_ms:.3f}", f"{untuned_ms / tuned_ms:.1f}x", f"{tuned_ms / ort_ms:.2f}",
-            f"{flops / tuned_ms / 1e6:.0f}", f"{flops / ort_ms / 1e6:.0f}",
+            name, f"{len(result.build.tuned_functions)}/{len(summary.tasks)}", str(sum(task.trials for task in summary.tasks)),
+            f"{untuned.median_ms:.3f}", f"{tuned.median_ms:.3f}", f"{summary.model_ms() or math.nan:.3f}", f"{ort.median_ms:.3f}",
+            f"{untuned.median_ms / tuned.median_ms:.1f}x", f"{tuned.median_ms / ort.median_ms:.2f}",
+            f"{tuned.fastest_block_ms:.3f}", f"{ort.fastest_block_ms:.3f}", f"{tuned.fastest_block_ms / ort.fastest_block_ms:.2f}",
+            f"{flops / tuned.median_ms / 1e6:.0f}", f"{flops / ort.median_ms / 1e6:.0f}",
         ])  # fmt: skip
-    header = ["model", "tuned tasks", "trials", "untuned ms", "tuned ms", "ORT ms", "tuning speed-up", "tuned/ORT", "tuned GFLOP/s", "ORT GFLOP/s"]
+    # Medians of all timings, then of each runtime's fastest block (Timings.fastest_block_ms). "kernels
+    # alone": the tasks' best times in the database, each kernel timed alone when it was tuned.
+    header = [
+        "model", "tuned tasks", "trials", "untuned ms", "tuned ms", "kernels alone ms", "ORT ms", "tuning speed-up", "tuned/ORT",
+        "tuned fastest-block ms", "ORT fastest-block ms", "tuned/ORT fastest blocks", "tuned GFLOP/s", "ORT GFLOP/s",
+    ]  # fmt: skip
     print_table(f"TVM llvm tuned (MetaSchedule, up to {args.trials} trials a model, {args.tuning_dir}) vs untuned vs ONNX Runtime, batch 1", header, rows)
 
 
@@ -280,7 +291,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--number", type=int, default=10, help="calls per timing")
-    parser.add_argument("--repeat", type=int, default=5, help="timings per figure, taken in turn with those of the figures it is compared with (the median is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="timings per figure, taken in turn with those of the figures it is compared with (the median is shown; the tuned section also shows each runtime's fastest block of them)")
     parser.add_argument("--tuning-dir", type=Path, default=Path("build/tuning"), help="tuned: the tuning directories, one per model (kept and resumed)")
     parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (a round per task, the rest by measured time)")
     args = parser.parse_args()

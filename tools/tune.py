@@ -50,7 +50,11 @@ def main() -> int:
     print(f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for {summary.target.attrs['num-cores']} cores, convs in {summary.conv_layout}")
     for task in summary.tasks:
         best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no successful candidate"
-        print(f"  {task.name}: {task.trials} trials, best {best}")
+        rate = f" ({task.gflops:.0f} GFLOP/s)" if task.gflops is not None else ""
+        calls = f", {task.calls} calls a run" if task.calls > 1 else ""
+        print(f"  {task.name}: {task.trials} trials, best {best}{rate}{calls}")
+    if (model_ms := summary.model_ms()) is not None:
+        print(f"the tasks' best times, each timed alone, add up to {model_ms:.4f} ms a model run")
     print(f"database: {summary.work_dir}/ (build with: compile.py ... --tuning-db {summary.work_dir})")
     return 0
 
