@@ -57,7 +57,9 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "tvm_target": str(build.spec.target),
         "runtime_device": build.spec.runtime_device,
         "passes": pass_names,
-        "inputs": [{"name": name, "shape": list(shape), "dtype": str(dtype)} for name, shape, dtype in input_specs(optimized)],
+        "inputs": [
+            {"name": name, "shape": list(shape), "dtype": str(dtype)} for name, shape, dtype in input_specs(optimized)
+        ],
         "outputs": [value.name for value in optimized.graph.outputs],
         "macs_before": sum(entry.macs for entry in count_macs(original)),
         "macs_after": macs_after,
@@ -102,7 +104,10 @@ class Artefact:
         self.directory = Path(directory)
         report_path = self.directory / REPORT_FILE
         if not report_path.is_file() or not (self.directory / LIBRARY_FILE).is_file():
-            raise EdgesparseError(f"{self.directory}: not a compiled artefact (needs {REPORT_FILE} and {LIBRARY_FILE}; make one with tools/compile.py)")
+            raise EdgesparseError(
+                f"{self.directory}: not a compiled artefact (needs {REPORT_FILE} and {LIBRARY_FILE}; make one "
+                "with tools/compile.py)"
+            )
         self.report = json.loads(report_path.read_text())
 
     @property
@@ -117,10 +122,15 @@ class Artefact:
                 raise EdgesparseError(f"input {entry['name']!r} missing (given: {', '.join(inputs) or 'none'})")
             array = np.asarray(inputs[entry["name"]], dtype=entry["dtype"])
             if list(array.shape) != entry["shape"]:
-                raise EdgesparseError(f"input {entry['name']!r} has shape {list(array.shape)}, the model was compiled for {entry['shape']}")
+                raise EdgesparseError(
+                    f"input {entry['name']!r} has shape {list(array.shape)}, the model was compiled for "
+                    f"{entry['shape']}"
+                )
             ordered.append(array)
         return ordered
 
     def run(self, inputs: dict[str, np.ndarray], rpc_address: RPCAddress | None = None) -> dict[str, np.ndarray]:
-        outputs = run_library(self.directory / LIBRARY_FILE, self.report["runtime_device"], self.check_inputs(inputs), rpc_address)
+        outputs = run_library(
+            self.directory / LIBRARY_FILE, self.report["runtime_device"], self.check_inputs(inputs), rpc_address
+        )
         return dict(zip(self.report["outputs"], outputs))

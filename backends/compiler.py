@@ -1,8 +1,8 @@
 """The one way through: an imported onnx-ir model -> the pass pipeline -> a TVM build for a target.
 
-    model = load_onnx("model.onnx")                      # or from_torch(module, example_inputs)
-    result = compile_model(model, "arm_cpu", passes="default,my-pass")
-    result.save("build/")                                # model.onnx, model.so, report.json
+model = load_onnx("model.onnx")                      # or from_torch(module, example_inputs)
+result = compile_model(model, "arm_cpu", passes="default,my-pass")
+result.save("build/")                                # model.onnx, model.so, report.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class CompileResult:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the build in this process; only host builds (``llvm``) can run here."""
         if self.build.spec.name != "llvm":
-            raise EdgesparseError(f"a {self.build.spec.name} build cannot run on this host: save it and use run.py --rpc")
+            raise EdgesparseError(
+                f"a {self.build.spec.name} build cannot run on this host: save it and use run.py --rpc"
+            )
         names = [entry["name"] for entry in self.report["inputs"]]
         outputs = run_vm(self.build.executable, tvm.cpu(0), [inputs[name] for name in names])
         return dict(zip(self.report["outputs"], outputs))

@@ -135,7 +135,9 @@ class GatedConvSchedule:
             if self.gpu_threads % self.oc_tile or self.gpu_threads > max_threads:
                 raise ValueError(f"gpu_threads must be a multiple of oc_tile and at most {max_threads}: {self}")
         elif self.oc_tile % _cpu_vector_lanes(target):
-            raise ValueError(f"oc_tile must be a multiple of the target's {_cpu_vector_lanes(target)} vector lanes: {self}")
+            raise ValueError(
+                f"oc_tile must be a multiple of the target's {_cpu_vector_lanes(target)} vector lanes: {self}"
+            )
 
 
 def default_schedule(shape: GatedConvShape, target: Target) -> GatedConvSchedule:
@@ -144,7 +146,9 @@ def default_schedule(shape: GatedConvShape, target: Target) -> GatedConvSchedule
         # Whole warps per tile: the threads of a tile walk the same masks, so a warp never diverges.
         oc_tile = min(64, _round_up(shape.out_channels, max(8, int(target.attrs.get("thread_warp_size", 1)))))
         tiles_per_block = max(1, 1 << (128 // oc_tile).bit_length() - 1)  # a power of two, ~128 threads
-        return GatedConvSchedule(oc_tile=oc_tile, ox_tile=2, cin_block=_MASK_BITS, gpu_threads=oc_tile * tiles_per_block)
+        return GatedConvSchedule(
+            oc_tile=oc_tile, ox_tile=2, cin_block=_MASK_BITS, gpu_threads=oc_tile * tiles_per_block
+        )
     lanes, registers = _cpu_vector_lanes(target), _cpu_vector_registers(target)
     oc_tile = min(64, _round_up(shape.out_channels, lanes))
     # Keep a few registers for the broadcast input and weights; stay under TVM's stack limit.
@@ -211,7 +215,9 @@ def pack_weight(weight_oihw: np.ndarray, shape: GatedConvShape, schedule: GatedC
     padded = np.zeros((tiles * schedule.oc_tile, *weight.shape[1:]), np.float32)
     padded[: shape.out_channels] = weight
     kh, kw = shape.kernel
-    return np.ascontiguousarray(padded.reshape(tiles, schedule.oc_tile, shape.in_channels, kh, kw).transpose(0, 3, 4, 2, 1))
+    return np.ascontiguousarray(
+        padded.reshape(tiles, schedule.oc_tile, shape.in_channels, kh, kw).transpose(0, 3, 4, 2, 1)
+    )
 
 
 def packed_weight_shape(shape: GatedConvShape, schedule: GatedConvSchedule) -> tuple[int, ...]:
@@ -256,7 +262,9 @@ def standalone_module(
         weight = relax.const(pack_weight(weight_oihw, shape, schedule))
         with bb.dataflow():
             out_type = relax.TensorType((shape.batch, shape.out_channels, shape.out_height, shape.out_width), "float32")
-            y = bb.emit_output(relax.call_tir(kernel, [x, weight, relax.const(np.asarray(bias, np.float32))], out_ty=out_type))
+            y = bb.emit_output(
+                relax.call_tir(kernel, [x, weight, relax.const(np.asarray(bias, np.float32))], out_ty=out_type)
+            )
         bb.emit_func_output(y)
     return bb.get()
 
@@ -293,10 +301,14 @@ class _Geometry:
     @property
     def window(self) -> int:
         """Input columns one output tile reads per kernel row."""
-        return (self.schedule.ox_tile - 1) * self.shape.stride[1] + (self.shape.kernel[1] - 1) * self.shape.dilation[1] + 1
+        return (
+            (self.schedule.ox_tile - 1) * self.shape.stride[1] + (self.shape.kernel[1] - 1) * self.shape.dilation[1] + 1
+        )
 
 
-def gated_conv2d(shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, target: Target) -> tvm.tirx.PrimFunc:
+def gated_conv2d(
+    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, target: Target
+) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x [N,C,H,W], weight packed by pack_weight, bias [M], y [N,M,Ho,Wo])``, all
     float32, ``y`` written by the kernel (destination-passing, as Relax ``call_tir`` calls it)."""
     schedule.validate(target)
@@ -331,14 +343,16 @@ def _gate(value, threshold: float):
     return T.Select(value > T.float32(threshold), value, T.float32(0))
 
 
-def _gate_macros(shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, block_bits: int, lanes: int, vector: int):
+def _gate_macros(
+    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, block_bits: int, lanes: int, vector: int
+):
     """TIR macros for the mask (compress) and the tile accumulation, specialised to one conv.
 
     ``block_bits``: channels walked per accumulation (a power of two up to 64). ``lanes``: output
     channels one accumulator row holds, in vectors of ``vector`` (CPU: oc_tile and the SIMD width;
     GPU: one channel per thread)."""
     g = _Geometry(shape, schedule)
-    (sh, sw), (dh, dw), (kh, kw) = shape.stride, shape.dilation, shape.kernel
+    (sh, sw), (dh, dw), (_, kw) = shape.stride, shape.dilation, shape.kernel
     pad_top, pad_left = shape.pads[0], shape.pads[1]
     channels, tile, window = shape.in_channels, schedule.ox_tile, g.window
     # A block's bits sit at bit (block * block_bits) % 64 of word (block * block_bits) // 64.
@@ -458,14 +472,19 @@ def _sparse_cpu(shape: GatedConvShape, threshold: float, schedule: GatedConvSche
     return gated_conv
 
 
-def _depthwise_cpu(shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, vector: int) -> tvm.tirx.PrimFunc:
+def _depthwise_cpu(
+    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, vector: int
+) -> tvm.tirx.PrimFunc:
     """Per channel plane: gate into a zero-padded copy, then every tap vectorized over output pixels."""
     N, C, H, W = shape.batch, shape.in_channels, shape.height, shape.width
     Ho, Wo, (kh, kw), (sh, sw), (dh, dw) = shape.out_height, shape.out_width, shape.kernel, shape.stride, shape.dilation
     pad_top, pad_left = shape.pads[0], shape.pads[1]
     row_width = _round_up(Wo, vector)
     # Wide enough that the last vector's reads stay inside the plane.
-    Hp, Wp = shape.height + pad_top + shape.pads[2], max(W + pad_left + shape.pads[3], (row_width - 1) * sw + (kw - 1) * dw + 1)
+    Hp, Wp = (
+        shape.height + pad_top + shape.pads[2],
+        max(W + pad_left + shape.pads[3], (row_width - 1) * sw + (kw - 1) * dw + 1),
+    )
     W_main = W // vector * vector
 
     @T.prim_func(s_tir=True)

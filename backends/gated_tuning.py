@@ -29,7 +29,15 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, gated_conv2d, schedule_space, shape_of, workload_key
+from edgesparse.backends.gated_conv import (
+    GatedConvSchedule,
+    GatedConvShape,
+    default_schedule,
+    gated_conv2d,
+    schedule_space,
+    shape_of,
+    workload_key,
+)
 from edgesparse.passes.report import recorded_reports
 
 SCHEDULES_FILE = "gated_schedules.json"
@@ -60,7 +68,11 @@ class GatedWorkload:
 
 def gated_workloads(mod: tvm.IRModule, target: Target) -> list[GatedWorkload]:
     """One workload per distinct gated kernel shape in an imported Relax module."""
-    shapes = Counter(shape for _, function in mod.functions_items() if isinstance(function, tvm.tirx.PrimFunc) and (shape := shape_of(function)) is not None)
+    shapes = Counter(
+        shape
+        for _, function in mod.functions_items()
+        if isinstance(function, tvm.tirx.PrimFunc) and (shape := shape_of(function)) is not None
+    )
     workloads = []
     for shape in sorted(shapes, key=repr):
         default = default_schedule(shape, target)
@@ -75,7 +87,11 @@ def measuring_sparsity(model: ir.Model) -> float:
     gated layers (calibrated models), else the model's chosen level, else one half."""
     reports = recorded_reports(model)
     layers = json.loads(reports.get("layers", "[]"))
-    measured = [layer["input_sparsity"] for layer in layers if layer.get("op") == "GatedConv" and layer.get("input_sparsity") is not None]
+    measured = [
+        layer["input_sparsity"]
+        for layer in layers
+        if layer.get("op") == "GatedConv" and layer.get("input_sparsity") is not None
+    ]
     if measured:
         return sum(measured) / len(measured)
     level = json.loads(reports.get("featreg", "{}")).get("sparsity_level")
@@ -97,7 +113,9 @@ class GatedScheduleRecords:
         return [GatedConvSchedule(**record["schedule"]) for record in self.records.get(key, [])]
 
     def add(self, key: str, schedule: GatedConvSchedule, mean_ms: float | None, error: str | None) -> None:
-        self.records.setdefault(key, []).append({"schedule": dataclasses.asdict(schedule), "ms": mean_ms, "error": error})
+        self.records.setdefault(key, []).append(
+            {"schedule": dataclasses.asdict(schedule), "ms": mean_ms, "error": error}
+        )
 
     def save(self) -> None:
         staging = self.path.with_suffix(".tmp")
@@ -110,7 +128,9 @@ class GatedScheduleRecords:
 
     def best_schedules(self) -> dict[str, GatedConvSchedule]:
         """Workload key -> the fastest candidate that ran (workloads with none are left out)."""
-        return {key: GatedConvSchedule(**fastest["schedule"]) for key in self.records if (fastest := self._fastest(key))}
+        return {
+            key: GatedConvSchedule(**fastest["schedule"]) for key in self.records if (fastest := self._fastest(key))
+        }
 
     def _fastest(self, key: str) -> dict | None:
         ran = [record for record in self.records.get(key, []) if record["ms"] is not None]
@@ -148,10 +168,15 @@ def _measure(
     """(mean ms, None) or (None, error) per schedule: built together, then run together."""
     if not schedules:
         return
-    functions = [gated_conv2d(shape, measuring_threshold(sparsity), schedule, target).with_attr("global_symbol", "main") for schedule in schedules]
+    functions = [
+        gated_conv2d(shape, measuring_threshold(sparsity), schedule, target).with_attr("global_symbol", "main")
+        for schedule in schedules
+    ]
     built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": function}), target) for function in functions])
     inputs = [
-        ms.runner.RunnerInput(result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(function))  # CPU targets only
+        ms.runner.RunnerInput(
+            result.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(function)
+        )  # CPU targets only
         for result, function in zip(built, functions)
         if result.error_msg is None
     ]

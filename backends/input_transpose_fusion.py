@@ -34,7 +34,9 @@ MAX_ACTIVATIONS = 2
 
 
 def _activation(operand: DFPattern) -> DFPattern:
-    return functools.reduce(operator.or_, [is_op(op)(operand, *[wildcard()] * others) for op, others in ACTIVATIONS.items()])
+    return functools.reduce(
+        operator.or_, [is_op(op)(operand, *[wildcard()] * others) for op, others in ACTIVATIONS.items()]
+    )
 
 
 def _patterns() -> list[relax.transform.FusionPattern]:
@@ -44,7 +46,10 @@ def _patterns() -> list[relax.transform.FusionPattern]:
         roots.append(_activation(roots[-1]))
     # Longest first (FuseOpsByPattern takes the first that matches). No bare conv: grouped with the
     # transpose alone, it would lose the epilogue FuseOps gives it.
-    return [relax.transform.FusionPattern(PATTERN_NAME, root, {"transposed": transposed}, _read_once_inside) for root in reversed(roots)]
+    return [
+        relax.transform.FusionPattern(PATTERN_NAME, root, {"transposed": transposed}, _read_once_inside)
+        for root in reversed(roots)
+    ]
 
 
 def _read_once_inside(context: relax.transform.PatternCheckContext) -> bool:

@@ -16,7 +16,14 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
 
-from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, gated_conv2d, pack_weight, workload_key
+from edgesparse.backends.gated_conv import (
+    GatedConvSchedule,
+    GatedConvShape,
+    default_schedule,
+    gated_conv2d,
+    pack_weight,
+    workload_key,
+)
 from edgesparse.backends.onnxruntime_ref import input_specs, to_proto
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.gated_conv_op import OP_TYPE, is_gated_conv
@@ -30,7 +37,10 @@ def check_supported_ops(model: ir.Model) -> None:
             continue
         if node.domain not in ("", "ai.onnx") or (node.op_type not in supported and node.op_type != "Constant"):
             domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            raise EdgesparseError(f"unsupported op {domain}{node.op_type} in node {node.name!r}: TVM's ONNX importer has no converter for it")
+            raise EdgesparseError(
+                f"unsupported op {domain}{node.op_type} in node {node.name!r}: TVM's ONNX importer has no "
+                "converter for it"
+            )
 
 
 def constant_array(expr: relax.Expr, what: str) -> np.ndarray:
@@ -71,7 +81,11 @@ def gated_conv(
     function = gated_conv2d(shape, attrs["threshold"], schedule, target).without_attr("global_symbol")
     kernel = bb.add_func(function, "gated_conv")
     out_type = relax.TensorType((batch, shape.out_channels, shape.out_height, shape.out_width), "float32")
-    return relax.call_tir(kernel, [x, relax.const(pack_weight(weight, shape, schedule)), relax.const(bias.astype(np.float32))], out_ty=out_type)
+    return relax.call_tir(
+        kernel,
+        [x, relax.const(pack_weight(weight, shape, schedule)), relax.const(bias.astype(np.float32))],
+        out_ty=out_type,
+    )
 
 
 def clip(bb: relax.BlockBuilder, x: relax.Expr, bounds: list[relax.Expr | None]) -> relax.Expr | None:
@@ -89,7 +103,9 @@ def clip(bb: relax.BlockBuilder, x: relax.Expr, bounds: list[relax.Expr | None])
 
 
 class EdgesparseImporter(ONNXGraphImporter):
-    def __init__(self, shape_dict, dtype_dict, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule]):
+    def __init__(
+        self, shape_dict, dtype_dict, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule]
+    ):
         super().__init__(shape_dict, dtype_dict)
         self.target = target
         self.tuned_schedules = tuned_schedules
@@ -108,7 +124,9 @@ class EdgesparseImporter(ONNXGraphImporter):
         return self.bb.normalize(gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target, self.tuned_schedules))
 
 
-def import_to_relax(model: ir.Model, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule] | None = None) -> tvm.IRModule:
+def import_to_relax(
+    model: ir.Model, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule] | None = None
+) -> tvm.IRModule:
     """``tuned_schedules``: gated kernel knobs by workload key (backends/gated_tuning.py)."""
     check_supported_ops(model)
     specs = input_specs(model)

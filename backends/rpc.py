@@ -41,12 +41,16 @@ def check_tracker(address: RPCAddress) -> rpc.TrackerSession:
         with socket.create_connection((address.host, address.port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise EdgesparseError(f"RPC tracker at {address.host}:{address.port} does not answer ({exc.strerror or exc})") from None
+        raise EdgesparseError(
+            f"RPC tracker at {address.host}:{address.port} does not answer ({exc.strerror or exc})"
+        ) from None
     tracker = rpc.connect_tracker(address.host, address.port)
     keys = tracker.summary().get("queue_info", {})
     if address.key not in keys:
         known = ", ".join(sorted(keys)) or "none"
-        raise EdgesparseError(f"RPC tracker at {address.host}:{address.port} has no device with key {address.key!r} (keys: {known})")
+        raise EdgesparseError(
+            f"RPC tracker at {address.host}:{address.port} has no device with key {address.key!r} (keys: {known})"
+        )
     return tracker
 
 

@@ -69,7 +69,9 @@ def resolve_target(name: str, device: str | None = None) -> TargetSpec:
         return TargetSpec(name, device, _aarch64_host(device), "cpu", ARM_CROSS_COMPILER)
     if name == "mali":
         device = device or DEFAULT_ARM_TAG
-        target = Target({"kind": "opencl", "device": "mali", "keys": ["mali", "opencl", "gpu"]}, host=_aarch64_host(device))
+        target = Target(
+            {"kind": "opencl", "device": "mali", "keys": ["mali", "opencl", "gpu"]}, host=_aarch64_host(device)
+        )
         return TargetSpec(name, device, target, "opencl", ARM_CROSS_COMPILER)
     if name == "cuda":
         device = device or DEFAULT_CUDA_ARCH

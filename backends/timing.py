@@ -43,7 +43,9 @@ def use_all_cores() -> int:
     return int(os.environ["TVM_NUM_THREADS"])
 
 
-def tvm_timer(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS) -> Timer:
+def tvm_timer(
+    executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS
+) -> Timer:
     """One timing (ms) of the VM's ``main`` per call, its inputs set once."""
     device = tvm.cpu(0)
     vm = VirtualMachine(executable, device)
@@ -53,7 +55,9 @@ def tvm_timer(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, numbe
     return lambda: evaluator("main").results[0] * 1e3
 
 
-def onnxruntime_timer(model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS) -> Timer:
+def onnxruntime_timer(
+    model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, min_repeat_ms: int = MIN_REPEAT_MS
+) -> Timer:
     """One timing (ms) of ONNX Runtime with its full graph optimizations (as deployed), all cores, its
     inputs and outputs bound to the session (no numpy conversions in the timed calls)."""
     options = ort.SessionOptions()
@@ -114,11 +118,27 @@ def interleaved_latencies_ms(timers: Sequence[Timer], repeat: int = 5, rounds: i
     return [timings.median_ms for timings in interleaved_timings(timers, repeat, rounds)]
 
 
-def tvm_latency_ms(executable: tvm.runtime.Module, inputs: list[np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS) -> float:
-    return interleaved_latencies_ms([tvm_timer(executable, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1)[0]
+def tvm_latency_ms(
+    executable: tvm.runtime.Module,
+    inputs: list[np.ndarray],
+    *,
+    number: int = 10,
+    repeat: int = 5,
+    min_repeat_ms: int = MIN_REPEAT_MS,
+) -> float:
+    return interleaved_latencies_ms(
+        [tvm_timer(executable, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1
+    )[0]
 
 
 def onnxruntime_latency_ms(
-    model: ir.Model, inputs: dict[str, np.ndarray], *, number: int = 10, repeat: int = 5, min_repeat_ms: int = MIN_REPEAT_MS
+    model: ir.Model,
+    inputs: dict[str, np.ndarray],
+    *,
+    number: int = 10,
+    repeat: int = 5,
+    min_repeat_ms: int = MIN_REPEAT_MS,
 ) -> float:
-    return interleaved_latencies_ms([onnxruntime_timer(model, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1)[0]
+    return interleaved_latencies_ms(
+        [onnxruntime_timer(model, inputs, number=number, min_repeat_ms=min_repeat_ms)], repeat, rounds=1
+    )[0]

@@ -37,12 +37,24 @@ from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
 from edgesparse.backends.gated_conv import shape_of
-from edgesparse.backends.gated_tuning import GatedScheduleRecords, GatedWorkload, gated_workloads, measuring_sparsity, tune_gated
+from edgesparse.backends.gated_tuning import (
+    GatedScheduleRecords,
+    GatedWorkload,
+    gated_workloads,
+    measuring_sparsity,
+    tune_gated,
+)
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
 from edgesparse.backends.timing import use_all_cores
-from edgesparse.backends.tvm_build import IMPORTED_CONV_LAYOUT, export_library, fuse, record_conv_layout, tuned_conv_layout
+from edgesparse.backends.tvm_build import (
+    IMPORTED_CONV_LAYOUT,
+    export_library,
+    fuse,
+    record_conv_layout,
+    tuned_conv_layout,
+)
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES
 
@@ -122,7 +134,9 @@ def device_threads(rpc_address: RPCAddress) -> int:
     return int(request_session(rpc_address).get_function("runtime.NumThreads")())
 
 
-def extract_tasks(mod: tvm.IRModule, spec: TargetSpec, target: Target, conv_layout: str = IMPORTED_CONV_LAYOUT) -> list[ms.ExtractedTask]:
+def extract_tasks(
+    mod: tvm.IRModule, spec: TargetSpec, target: Target, conv_layout: str = IMPORTED_CONV_LAYOUT
+) -> list[ms.ExtractedTask]:
     """MetaSchedule's tasks of an imported model: its fused, not yet scheduled PrimFuncs. The gated
     kernels, written scheduled, are tuned by their own knobs instead (gated_tuning)."""
     tasks = ms.relax_integration.extract_tasks(fuse(mod, spec, conv_layout), target)
@@ -197,7 +211,9 @@ def extra_trials(times_ms: Sequence[float | None], remaining: int, counts: Seque
         return extra
     final, total_weight = sum(have) + rounds * TRIALS_PER_ROUND, sum(weights)
     for _ in range(rounds):
-        furthest_below = max(timed, key=lambda index: final * weights[index] / total_weight - have[index] - extra[index])
+        furthest_below = max(
+            timed, key=lambda index: final * weights[index] / total_weight - have[index] - extra[index]
+        )
         extra[furthest_below] += TRIALS_PER_ROUND
     return extra
 
@@ -316,11 +332,24 @@ def tune(
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
     records = GatedScheduleRecords(work_dir)
     with tqdm(desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
-        run = _TuningRun(tasks, gated, spec, target, runner, work_dir, database, records, measuring_sparsity(optimized), ProgressCallback(bar))
+        run = _TuningRun(
+            tasks,
+            gated,
+            spec,
+            target,
+            runner,
+            work_dir,
+            database,
+            records,
+            measuring_sparsity(optimized),
+            ProgressCallback(bar),
+        )
         bar.total = max(0, trials - sum(run.counts()))
         run.up_to([first_round(len(tasks) + len(gated), trials)] * (len(tasks) + len(gated)))
         counts = run.counts()
-        shares = [count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts), counts))]
+        shares = [
+            count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts), counts))
+        ]
         bar.total = bar.n + sum(run.missing(shares))
         bar.refresh()
         run.up_to(shares)
@@ -328,7 +357,12 @@ def tune(
         TaskResult(task.task_name, count, best_ms(database, task), task.weight, estimate_tir_flops(task.dispatched[0]))
         for task, count in zip(tasks, trials_in_database(database, tasks))
     ]
-    results += [TaskResult(workload.name, len(records.measured(workload.key)), records.best_ms(workload.key), workload.calls, None) for workload in gated]
+    results += [
+        TaskResult(
+            workload.name, len(records.measured(workload.key)), records.best_ms(workload.key), workload.calls, None
+        )
+        for workload in gated
+    ]
     return TuningSummary(work_dir, target, conv_layout, results, run.progress.measured, run.progress.failed)
 
 
@@ -350,21 +384,26 @@ class _TuningRun:
 
     def counts(self) -> list[int]:
         """Per task, the candidates measured so far."""
-        return trials_in_database(self.database, self.tasks) + [len(self.records.measured(workload.key)) for workload in self.gated]
+        return trials_in_database(self.database, self.tasks) + [
+            len(self.records.measured(workload.key)) for workload in self.gated
+        ]
 
     def missing(self, shares: Sequence[int]) -> list[int]:
         """Per task, what it lacks for its share; none for a task whose search space ran out."""
         exhausted = exhausted_tasks(self.work_dir)
         dense = zip(self.tasks, shares, trials_in_database(self.database, self.tasks))
         return [0 if task_key(task) in exhausted else max(0, share - count) for task, share, count in dense] + [
-            len(workload.unmeasured(self.records, share)) for workload, share in zip(self.gated, shares[len(self.tasks) :])
+            len(workload.unmeasured(self.records, share))
+            for workload, share in zip(self.gated, shares[len(self.tasks) :])
         ]
 
     def times_ms(self) -> list[float | None]:
         """Per task, its best time per model run (its calls counted); None for a task that cannot take
         more trials or has no time."""
         no_more = self.missing([count + 1 for count in self.counts()])
-        best = [best_ms(self.database, task) for task in self.tasks] + [self.records.best_ms(workload.key) for workload in self.gated]
+        best = [best_ms(self.database, task) for task in self.tasks] + [
+            self.records.best_ms(workload.key) for workload in self.gated
+        ]
         calls = [task.weight for task in self.tasks] + [workload.calls for workload in self.gated]
         return [None if lack == 0 or time is None else time * count for lack, time, count in zip(no_more, best, calls)]
 
@@ -376,15 +415,22 @@ class _TuningRun:
             _tune_group(group, count, self.work_dir, self.database, make_builder(self.spec), self.runner, self.progress)
             # The scheduler stops a task short of its share only when its search space ran out.
             done = trials_in_database(self.database, group)
-            mark_exhausted(self.work_dir, {key for key, count in zip(map(task_key, group), done) if count < share_of[key]})
+            mark_exhausted(
+                self.work_dir, {key for key, count in zip(map(task_key, group), done) if count < share_of[key]}
+            )
         gated_shares = shares[len(self.tasks) :]
-        for workload, measured, failed in tune_gated(self.gated, self.target, self.records, gated_shares, self.sparsity, make_builder(self.spec), self.runner):
+        for workload, measured, failed in tune_gated(
+            self.gated, self.target, self.records, gated_shares, self.sparsity, make_builder(self.spec), self.runner
+        ):
             self.progress.count(workload.name, measured, failed, self.records.best_ms(workload.key))
 
 
 def _check_request(spec: TargetSpec, trials: int, rpc_address: RPCAddress | None) -> None:
     if spec.name not in TUNABLE_TARGETS:
-        raise EdgesparseError(f"--target {spec.name} cannot be tuned (tunable: {', '.join(TUNABLE_TARGETS)}); its builds use dlight schedules")
+        raise EdgesparseError(
+            f"--target {spec.name} cannot be tuned (tunable: {', '.join(TUNABLE_TARGETS)}); its builds use "
+            "dlight schedules"
+        )
     if trials < 1:
         raise EdgesparseError(f"--trials {trials}: at least 1")
     if spec.name != "llvm" and rpc_address is None:

@@ -55,7 +55,9 @@ class TVMBuild:
 
     def device_source(self) -> str:
         """The generated OpenCL/CUDA source of a GPU build ("" for CPU builds)."""
-        return "\n".join(module.inspect_source() for module in _module_tree(self.executable.mod) if module.kind in ("opencl", "cuda"))
+        return "\n".join(
+            module.inspect_source() for module in _module_tree(self.executable.mod) if module.kind in ("opencl", "cuda")
+        )
 
 
 def export_library(module: tvm.runtime.Module, path: str | os.PathLike, cross_compiler: str | None) -> None:
@@ -72,10 +74,16 @@ def _module_tree(module: tvm.runtime.Module):
 # The Relax backend whose default pipeline relax.get_default_pipeline gives each target kind here. Its
 # stages are taken from the backend itself: TVM 0.27's relax.pipeline.dataflow_lower_passes fails for
 # llvm and cuda (their packages do not export it).
-_BACKENDS = {"llvm": relax.backend.cpu_generic.pipeline, "opencl": relax.backend.gpu_generic.pipeline, "cuda": relax.backend.cuda.pipeline}
+_BACKENDS = {
+    "llvm": relax.backend.cpu_generic.pipeline,
+    "opencl": relax.backend.gpu_generic.pipeline,
+    "cuda": relax.backend.cuda.pipeline,
+}
 
 
-def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV_LAYOUT) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
+def _pipeline_halves(
+    target: tvm.target.Target, conv_layout: str = IMPORTED_CONV_LAYOUT
+) -> tuple[list[tvm.transform.Pass], list[tvm.transform.Pass]]:
     """The target's default Relax pipeline, cut right after FuseTIR: there the fused PrimFuncs exist and
     are not scheduled yet (GPU dlight rules come later), which is what MetaSchedule tunes and matches.
     With another ``conv_layout`` than the imported NCHW, the convs are converted to it first (the
@@ -86,7 +94,10 @@ def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV
     cut = 1 + next(i for i, one_pass in enumerate(legalize) if one_pass.info.name == "FuseTIR")
     first = backend.library_dispatch_passes(target) + legalize[:cut]
     if conv_layout != IMPORTED_CONV_LAYOUT:
-        first = [relax.transform.ConvertLayout({"relax.nn.conv2d": [conv_layout, CONV_KERNEL_LAYOUTS[conv_layout]]}), fuse_input_transpose()] + first
+        first = [
+            relax.transform.ConvertLayout({"relax.nn.conv2d": [conv_layout, CONV_KERNEL_LAYOUTS[conv_layout]]}),
+            fuse_input_transpose(),
+        ] + first
     second = legalize[cut:] + backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
     if target.kind.name == "llvm":
         # CPU weight prepacking, as relax.pipeline.static_shape_tuning_pipeline does it: the fused
@@ -103,8 +114,14 @@ def _pipeline_halves(target: tvm.target.Target, conv_layout: str = IMPORTED_CONV
 def _split_weight_prepack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """relax.transform.SplitLayoutRewritePreproc on all but the gated kernels, which it cannot walk
     (hand-scheduled loops, no blocks) and which have no layout rewrite to split."""
-    kernels = {gvar: func for gvar, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc) and shape_of(func) is not None}
-    others = tvm.IRModule({gvar: func for gvar, func in mod.functions_items() if gvar not in kernels}, mod.attrs, mod.global_infos)
+    kernels = {
+        gvar: func
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and shape_of(func) is not None
+    }
+    others = tvm.IRModule(
+        {gvar: func for gvar, func in mod.functions_items() if gvar not in kernels}, mod.attrs, mod.global_infos
+    )
     split = relax.transform.SplitLayoutRewritePreproc()(others)
     for gvar, func in kernels.items():
         split[gvar] = func
@@ -128,7 +145,9 @@ def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
     """The MetaSchedule JSON database that tuning wrote into ``directory``."""
     missing = [name for name in TUNING_DATABASE_FILES if not (Path(directory) / name).is_file()]
     if missing:
-        raise EdgesparseError(f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)")
+        raise EdgesparseError(
+            f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)"
+        )
     return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
 
 
@@ -169,7 +188,11 @@ def lower(
 
 
 def _scheduled(mod: tvm.IRModule) -> set[str]:
-    return {gvar.name_hint for gvar, func in mod.functions_items() if isinstance(func, tvm.tirx.PrimFunc) and func.attrs.get("tirx.is_scheduled", False)}
+    return {
+        gvar.name_hint
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs.get("tirx.is_scheduled", False)
+    }
 
 
 def functions_without_kernel(build: TVMBuild) -> list[str]:
@@ -192,7 +215,15 @@ def build(
     """``tuning_db``: MetaSchedule's records; ``gated_schedules``: tuned gated kernel knobs by workload;
     ``conv_layout``: the conv2d data layout the records were tuned in."""
     lowered, tuned = lower(import_to_relax(model, spec.target, gated_schedules), spec, tuning_db, conv_layout)
-    result = TVMBuild(spec, lowered, relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec)), tuned, conv_layout)
+    result = TVMBuild(
+        spec,
+        lowered,
+        relax.build(lowered, spec.target, relax_pipeline=None, exec_mode=_exec_mode(spec)),
+        tuned,
+        conv_layout,
+    )
     if spec.is_gpu and (missing := functions_without_kernel(result)):
-        raise EdgesparseError(f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)")
+        raise EdgesparseError(
+            f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)"
+        )
     return result

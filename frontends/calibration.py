@@ -25,7 +25,9 @@ def image_files(directory: Path, also: tuple[str, ...] = ()) -> list[Path]:
     return sorted(path for path in directory.iterdir() if path.suffix.lower() in (*IMAGE_SUFFIXES, *also))
 
 
-def load_calibration_inputs(source: str | os.PathLike, model: ir.Model, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+def load_calibration_inputs(
+    source: str | os.PathLike, model: ir.Model, limit: int | None = None
+) -> list[dict[str, np.ndarray]]:
     source = Path(source)
     if source.is_file() and source.suffix == ".npz":
         files = [source]

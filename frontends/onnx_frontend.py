@@ -70,10 +70,14 @@ def set_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> ir.Model:
     inputs = {value.name: value for value in model.graph.inputs}
     for name, dims in shapes.items():
         if name not in inputs:
-            raise EdgesparseError(f"--input-shape {name}: the model has no input of that name (inputs: {', '.join(inputs)})")
+            raise EdgesparseError(
+                f"--input-shape {name}: the model has no input of that name (inputs: {', '.join(inputs)})"
+            )
         old = inputs[name].shape
         if old is not None and len(old) != len(dims):
-            raise EdgesparseError(f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(old)}")
+            raise EdgesparseError(
+                f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(old)}"
+            )
         inputs[name].shape = ir.Shape(dims)
     # Shape inference keeps shapes already recorded on values: forget the ones derived from the old dims.
     for node in model.graph:

@@ -30,7 +30,9 @@ def from_torch(
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    input_names = list(input_names or (["input"] if len(example_inputs) == 1 else [f"input{i}" for i in range(len(example_inputs))]))
+    input_names = list(
+        input_names or (["input"] if len(example_inputs) == 1 else [f"input{i}" for i in range(len(example_inputs))])
+    )
     module = module.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():

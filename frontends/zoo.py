@@ -16,7 +16,9 @@ from torch import nn
 from edgesparse.frontends.featreg.nets import FeatRegEDSR
 
 
-def conv_bn_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+def conv_bn_act(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
@@ -42,7 +44,9 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(conv_bn_act(cin, cout, stride=stride), conv_bn_act(cout, cout, act=None))
-        self.shortcut = conv_bn_act(cin, cout, kernel=1, stride=stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.shortcut = (
+            conv_bn_act(cin, cout, kernel=1, stride=stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -107,7 +111,9 @@ class UNetStyle(nn.Module):
 class ResidualBlock(nn.Module):
     def __init__(self, width: int, res_scale: float = 1.0):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1)
+        )
         self.res_scale = res_scale
 
     def forward(self, x):

@@ -20,7 +20,15 @@ import numpy as np
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-from edgesparse.passes.channel_deps import CHANNEL_AXIS, ChannelGraph, NodeCoupling, Slot, channel_count, channel_slots, has_input
+from edgesparse.passes.channel_deps import (
+    CHANNEL_AXIS,
+    ChannelGraph,
+    NodeCoupling,
+    Slot,
+    channel_count,
+    channel_slots,
+    has_input,
+)
 
 Constants = dict[Slot, float]
 
@@ -56,7 +64,9 @@ def convolution_constants(node: ir.Node, coupling: NodeCoupling, known: Constant
     if node.op_type == "ConvTranspose":
         # [C_in, C_out/group, k...] -> [C_out, C_in/group, k...], as a Conv's filters
         per_in = weight.shape[0] // groups
-        weight = np.concatenate([weight[group * per_in : (group + 1) * per_in].swapaxes(0, 1) for group in range(groups)])
+        weight = np.concatenate(
+            [weight[group * per_in : (group + 1) * per_in].swapaxes(0, 1) for group in range(groups)]
+        )
     filters = weight.reshape(outputs, weight.shape[1], -1)
     reads = (filters != 0).any(-1)  # [C_out, C_in/group]: which input channels each output channel reads
     inputs = known_channels(x, known).reshape(groups, -1)[np.arange(outputs) // (outputs // groups)]
@@ -94,7 +104,9 @@ def evaluated_constants(node: ir.Node, coupling: NodeCoupling, known: Constants)
     channel whose coupled input channels are all known, or (Mul) which came out 0."""
     activations = [value for value in node.inputs if value is not None and value.const_value is None]
     annihilates = node.op_type == "Mul" and any(
-        value.const_value is not None and not value.const_value.numpy().all() for value in node.inputs if value is not None
+        value.const_value is not None and not value.const_value.numpy().all()
+        for value in node.inputs
+        if value is not None
     )
     if not annihilates and not any(slot in known for value in activations for slot in channel_slots(value)):
         return {}
@@ -120,7 +132,9 @@ def evaluated_constants(node: ir.Node, coupling: NodeCoupling, known: Constants)
     return constants
 
 
-def _determined_outputs(node: ir.Node, coupling: NodeCoupling, known: Constants, activations: list[ir.Value]) -> set[Slot]:
+def _determined_outputs(
+    node: ir.Node, coupling: NodeCoupling, known: Constants, activations: list[ir.Value]
+) -> set[Slot]:
     """Output slots that depend only on known input slots: every activation input must be coupled (an
     uncoupled one, e.g. broadcast along the channels, feeds every output channel)."""
     local = nx.Graph(coupling.edges)
@@ -136,7 +150,11 @@ def _determined_outputs(node: ir.Node, coupling: NodeCoupling, known: Constants,
 def _constant_feed(value: ir.Value, known: Constants) -> np.ndarray | None:
     """A full-size input carrying each known channel's constant (1 elsewhere); None if it cannot be built."""
     shape = value.shape
-    if channel_count(value) is None or not all(isinstance(dim, int) for dim in shape) or not value.dtype.is_floating_point():
+    if (
+        channel_count(value) is None
+        or not all(isinstance(dim, int) for dim in shape)
+        or not value.dtype.is_floating_point()
+    ):
         return None
     constants = known_channels(value, known)
     feed = np.ones(tuple(shape), dtype=value.dtype.numpy())
@@ -145,4 +163,9 @@ def _constant_feed(value: ir.Value, known: Constants) -> np.ndarray | None:
     return feed
 
 
-LAYER_RULES = {"Conv": convolution_constants, "ConvTranspose": convolution_constants, "Gemm": linear_constants, "MatMul": linear_constants}
+LAYER_RULES = {
+    "Conv": convolution_constants,
+    "ConvTranspose": convolution_constants,
+    "Gemm": linear_constants,
+    "MatMul": linear_constants,
+}

@@ -96,7 +96,9 @@ class NodeCoupling:
     def couple(self, a: Slot, b: Slot) -> None:
         self.edges.append((a, b))
 
-    def couple_channels(self, a: ir.Value, b: ir.Value, a_start: int = 0, b_start: int = 0, count: int | None = None) -> None:
+    def couple_channels(
+        self, a: ir.Value, b: ir.Value, a_start: int = 0, b_start: int = 0, count: int | None = None
+    ) -> None:
         """Channel ``a_start + i`` of ``a`` with channel ``b_start + i`` of ``b``."""
         count = channels(b) - b_start if count is None else count
         for offset in range(count):
@@ -105,7 +107,10 @@ class NodeCoupling:
     def couple_weight(self, weight: ir.Value, axis: int, activation: ir.Value) -> None:
         """Entry i of ``weight`` along ``axis`` with channel i of ``activation``."""
         if weight.shape is None or weight.shape[axis] != channels(activation):
-            raise Uncoupled(f"{weight.name!r} of shape {weight.shape} does not line up with the {channels(activation)} channels of {activation.name!r}")
+            raise Uncoupled(
+                f"{weight.name!r} of shape {weight.shape} does not line up with the {channels(activation)} "
+                f"channels of {activation.name!r}"
+            )
         for index in range(channels(activation)):
             self.couple(Slot(weight, axis, index), Slot(activation, CHANNEL_AXIS, index))
 
@@ -275,7 +280,10 @@ def depth_to_space(node: ir.Node, coupling: NodeCoupling) -> None:
     count = channels(y)
     for channel in range(count):
         for i in range(block):
-            coupling.couple(Slot(x, CHANNEL_AXIS, channel * block + i if crd else i * count + channel), Slot(y, CHANNEL_AXIS, channel))
+            coupling.couple(
+                Slot(x, CHANNEL_AXIS, channel * block + i if crd else i * count + channel),
+                Slot(y, CHANNEL_AXIS, channel),
+            )
 
 
 def space_to_depth(node: ir.Node, coupling: NodeCoupling) -> None:
@@ -313,7 +321,7 @@ def pad(node: ir.Node, coupling: NodeCoupling) -> None:
     axes = const_ints(node.inputs[3]) if has_input(node, 3) else list(range(rank))
     if pads is None or axes is None:
         raise Uncoupled("its pads are computed at run time")
-    padded = {normalize_axis(axis, rank) for axis, begin, end in zip(axes, pads, pads[len(axes):]) if begin or end}
+    padded = {normalize_axis(axis, rank) for axis, begin, end in zip(axes, pads, pads[len(axes) :]) if begin or end}
     if padded & {0, CHANNEL_AXIS}:
         raise Uncoupled("it pads the batch or channel axis")
     channelwise(node, coupling)
@@ -341,13 +349,55 @@ def softmax(node: ir.Node, coupling: NodeCoupling) -> None:
 
 
 CHANNELWISE_OPS = (
-    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid", "HardSwish",
-    "Tanh", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
-    "Floor", "Ceil", "Round", "Sign", "Clip", "Shrink", "Identity", "Dropout", "Cast",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-)  # fmt: skip
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "ThresholdedRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Gelu",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Clip",
+    "Shrink",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+)
 BROADCAST_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu")
-REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare")
+REDUCE_OPS = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
 
 # op type -> rule, for the default ONNX domain; ops not listed pin every channel they touch.
 COUPLING_RULES: dict[str, Rule] = {
@@ -407,7 +457,9 @@ def analyze_channels(model: ir.Model) -> ChannelGraph:
     for node in model.graph:
         _add_node(result, node)
     result.pin((slot for value in model.graph.inputs for slot in channel_slots(value)), "graph input")
-    result.pin((slot for value in model.graph.outputs for slot in channel_slots(value)), "graph output (keeps its width)")
+    result.pin(
+        (slot for value in model.graph.outputs for slot in channel_slots(value)), "graph output (keeps its width)"
+    )
     # An If/Loop body may read a value of the main graph directly, not through its node's inputs.
     for value in values:
         if any(use.node.graph is not model.graph for use in value.uses()):

@@ -51,7 +51,10 @@ def load_masks(path: str | os.PathLike) -> Masks:
 def _kept_indices(path: Path, name: str, kept) -> list[int]:
     array = np.asarray(kept)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-        raise EdgesparseError(f"masks {path}: {name!r} must be a list of kept channel indices, not an array of shape {list(array.shape)} and type {array.dtype}")
+        raise EdgesparseError(
+            f"masks {path}: {name!r} must be a list of kept channel indices, not an array of shape "
+            f"{list(array.shape)} and type {array.dtype}"
+        )
     return array.tolist()
 
 
@@ -64,7 +67,10 @@ def insert_masks(model: ir.Model, masks: Mapping[str, Sequence[int]]) -> None:
     for name, kept in masks.items():
         if name not in nodes:
             layers = [node_name(node) for node in model.graph if node.op_type in MASKED_LAYERS]
-            raise EdgesparseError(f"masks: no node or node output named {name!r} (layers: {', '.join(layers[:8])}{', ...' if len(layers) > 8 else ''})")
+            raise EdgesparseError(
+                f"masks: no node or node output named {name!r} (layers: "
+                f"{', '.join(layers[:8])}{', ...' if len(layers) > 8 else ''})"
+            )
         output = nodes[name].outputs[0]
         count = channel_count(output)
         if count is None:
@@ -72,7 +78,10 @@ def insert_masks(model: ir.Model, masks: Mapping[str, Sequence[int]]) -> None:
         if output.is_graph_output():
             raise EdgesparseError(f"masks: {name!r} produces the graph output {output.name!r}, which keeps its width")
         if len(set(kept)) != len(kept) or not all(0 <= index < count for index in kept):
-            raise EdgesparseError(f"masks: {name!r} has {count} output channels; its kept indices must be distinct and in [0, {count}), got {list(kept)}")
+            raise EdgesparseError(
+                f"masks: {name!r} has {count} output channels; its kept indices must be distinct and in [0, "
+                f"{count}), got {list(kept)}"
+            )
         mask = np.zeros([1, count] + [1] * (len(output.shape) - 2), dtype=output.dtype.numpy())
         mask[0, list(kept)] = 1
         _multiply_output(model.graph, nodes[name], mask)
@@ -81,7 +90,12 @@ def insert_masks(model: ir.Model, masks: Mapping[str, Sequence[int]]) -> None:
 def _multiply_output(graph: ir.Graph, node: ir.Node, factor: np.ndarray) -> None:
     output = node.outputs[0]
     uses = list(output.uses())
-    mul = ir.Node("", "Mul", [output, add_initializer(graph, f"{output.name}_mask", factor)], name=fresh_name(graph, f"{node_name(node)}_mask"))
+    mul = ir.Node(
+        "",
+        "Mul",
+        [output, add_initializer(graph, f"{output.name}_mask", factor)],
+        name=fresh_name(graph, f"{node_name(node)}_mask"),
+    )
     masked = mul.outputs[0]
     masked.name, masked.shape, masked.type = fresh_name(graph, f"{output.name}_masked"), output.shape, output.type
     graph.insert_after(node, mul)
@@ -112,7 +126,11 @@ def random_masks(model: ir.Model, ratio: float, seed: int = 0, *, coupled: bool 
     that layers whose channels only go together (a residual stream, a depthwise conv and its expansion)
     are pruned at the same channels, as a structured pruner would."""
     rng = np.random.default_rng(seed)
-    draws = {slot: draw for group in analyze_channels(model).groups() for draw in [rng.random()] for slot in group} if coupled else {}
+    draws = (
+        {slot: draw for group in analyze_channels(model).groups() for draw in [rng.random()] for slot in group}
+        if coupled
+        else {}
+    )
     masks = {}
     for node in model.graph:
         output = node.outputs[0]

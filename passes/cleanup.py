@@ -48,7 +48,9 @@ class FoldConstantsPass(ir.passes.InPlacePass):
 
 @register_pass("fold-batchnorm")
 def fold_batchnorm_pass() -> ir.passes.PassBase:
-    return RewritePass([fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule, fuse_batchnorm_into_gemm_rule])
+    return RewritePass(
+        [fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule, fuse_batchnorm_into_gemm_rule]
+    )
 
 
 @register_pass("remove-unused")

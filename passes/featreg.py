@@ -35,7 +35,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from edgesparse.passes.errors import EdgesparseError
-from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE, add_gated_conv_function, is_gated_conv
+from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE, add_gated_conv_function
 from edgesparse.passes.macs import node_macs
 from edgesparse.passes.registry import register_pass
 from edgesparse.passes.report import record
@@ -44,8 +44,8 @@ from edgesparse.passes.report import record
 # the gated kernel (backends/gated_conv.py, default_schedule) for a 3x3 conv 64->64 on 1x64x128x128 is
 # slower than ONNX Runtime's dense conv (all threads, full optimizations) on the development host:
 # 2-core AMD EPYC (Zen 4, AVX-512), TVM_NUM_THREADS=2. Measured by `python tools/bench.py --sections
-# gated` (it prints the crossing, interpolated between levels) in two runs with no other process using the CPU: 37% and 34%. At 0%
-# the kernel ran at 0.60-0.66x of ONNX Runtime's speed, at 90% 5.5-5.6x, at 95% 8.0x. A run while
+# gated` (it prints the crossing, interpolated between levels) in two runs with no other process using the CPU:
+# 37% and 34%. At 0% the kernel ran at 0.60-0.66x of ONNX Runtime's speed, at 90% 5.5-5.6x, at 95% 8.0x. A run while
 # another job loads the host slows ONNX Runtime more than this kernel and moves the crossing down.
 BREAK_EVEN_SPARSITY = 0.35
 
@@ -83,7 +83,12 @@ def match_gate(value: ir.Value) -> Gate | None:
     if node.op_type == "Where":
         condition, kept, other = node.inputs
         compare = condition.producer()
-        if compare is None or compare.op_type != "Greater" or compare.inputs[0] is not kept or scalar_constant(other) != 0.0:
+        if (
+            compare is None
+            or compare.op_type != "Greater"
+            or compare.inputs[0] is not kept
+            or scalar_constant(other) != 0.0
+        ):
             return None
         threshold = scalar_constant(compare.inputs[1])
         return Gate(node, kept, threshold) if threshold is not None else None
@@ -212,7 +217,9 @@ class FeatRegPass(ir.passes.InPlacePass):
             sparsity = float(np.mean(measured[gate.name] <= gate.threshold)) if gate.name in measured else None
             dense_macs = node_macs(conv)
             reason = refusal(conv) or (
-                f"input sparsity {sparsity:.3f} below {self.min_sparsity}" if sparsity is not None and sparsity < self.min_sparsity else None
+                f"input sparsity {sparsity:.3f} below {self.min_sparsity}"
+                if sparsity is not None and sparsity < self.min_sparsity
+                else None
             )
             if reason is None:
                 replace_node(graph, conv, gated_conv_node(conv, gate.input, gate.threshold, graph))
@@ -225,7 +232,9 @@ class FeatRegPass(ir.passes.InPlacePass):
                     "threshold": gate.threshold,
                     "input_sparsity": sparsity,
                     "dense_macs": dense_macs,
-                    "effective_macs": dense_macs if reason or sparsity is None else round(dense_macs * (1.0 - sparsity)),
+                    "effective_macs": dense_macs
+                    if reason or sparsity is None
+                    else round(dense_macs * (1.0 - sparsity)),
                     **({"kept_dense_because": reason} if reason else {}),
                 }
             )
@@ -233,7 +242,11 @@ class FeatRegPass(ir.passes.InPlacePass):
             add_gated_conv_function(model)
             common.RemoveUnusedNodesPass()(model)
         record(model, "layers", layers)
-        record(model, "featreg", {"sparsity_level": self.sparsity, "calibration_samples": len(samples), "min_sparsity": self.min_sparsity})
+        record(
+            model,
+            "featreg",
+            {"sparsity_level": self.sparsity, "calibration_samples": len(samples), "min_sparsity": self.min_sparsity},
+        )
         return ir.passes.PassResult(model, modified)
 
     def calibration_samples(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
@@ -254,14 +267,22 @@ class FeatRegPass(ir.passes.InPlacePass):
         if level is not None:
             missing = sorted({gate.name for gate in gates} - set(level))
             if missing:
-                raise EdgesparseError(f"featreg: level {self.sparsity} in the model's metadata has no threshold for gate(s) {', '.join(missing)}")
+                raise EdgesparseError(
+                    f"featreg: level {self.sparsity} in the model's metadata has no threshold for gate(s) "
+                    f"{', '.join(missing)}"
+                )
             return {gate.name: float(level[gate.name]) for gate in gates}
         if not samples:
             known = ", ".join(sorted(levels)) or "none"
-            raise EdgesparseError(f"featreg: sparsity {self.sparsity} is not among the model's levels ({known}); give --calibrate inputs to calibrate it")
+            raise EdgesparseError(
+                f"featreg: sparsity {self.sparsity} is not among the model's levels ({known}); give --calibrate "
+                "inputs to calibrate it"
+            )
         return self.calibrated_thresholds(model, gates, samples)
 
-    def calibrated_thresholds(self, model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    def calibrated_thresholds(
+        self, model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]
+    ) -> dict[str, float]:
         """Gate by gate in graph order, on a copy that has the earlier gates already set."""
         probe = model.clone()
         probe_gates = {gate.name: gate for _, gate in gated_convs(probe.graph)}

@@ -44,7 +44,11 @@ def gated_conv_function(opset: int) -> ir.Function:
         name=OP_TYPE,
     )
     defaults = [
-        ir.AttrFloat32(name, value) if name == "threshold" else ir.AttrInt64(name, value) if name == "group" else ir.AttrInt64s(name, value)
+        ir.AttrFloat32(name, value)
+        if name == "threshold"
+        else ir.AttrInt64(name, value)
+        if name == "group"
+        else ir.AttrInt64s(name, value)
         for name, value in ATTRIBUTE_DEFAULTS.items()
     ]
     return ir.Function(DOMAIN, OP_TYPE, graph=body, attributes=defaults)

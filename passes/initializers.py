@@ -19,6 +19,8 @@ def fresh_name(graph: ir.Graph, hint: str) -> str:
 
 def add_initializer(graph: ir.Graph, hint: str, array: np.ndarray) -> ir.Value:
     tensor = ir.tensor(array, name=fresh_name(graph, hint))
-    value = ir.Value(name=tensor.name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    value = ir.Value(
+        name=tensor.name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
     graph.register_initializer(value)
     return value

@@ -1,8 +1,8 @@
 """Multiply-accumulate and parameter counts over an ONNX graph (an analysis; it changes nothing).
 
 Needs inferred shapes. Counted ops, per batch element included (N is part of the output shape):
-- Conv (and edgesparse::GatedConv, dense): every output element takes (C_in / group) * prod(kernel) MACs; this covers depthwise
-  (group == C_in, one input channel per output) and grouped convs.
+- Conv (and edgesparse::GatedConv, dense): every output element takes (C_in / group) * prod(kernel) MACs; this covers
+  depthwise (group == C_in, one input channel per output) and grouped convs.
 - ConvTranspose: every *input* element is scattered to (C_out / group) * prod(kernel) outputs.
 - Gemm / MatMul: prod(output shape) * K, with batch dims of MatMul broadcast into the output shape.
 Other ops count 0 (elementwise work is not multiply-accumulate work).
@@ -29,7 +29,9 @@ class NodeMacs:
 def _static_shape(value: ir.Value, node: ir.Node) -> tuple[int, ...]:
     shape = value.shape
     if shape is None or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
-        raise UnknownShapeError(f"cannot count MACs of {node.op_type} node {node.name!r}: shape of {value.name!r} is unknown ({shape})")
+        raise UnknownShapeError(
+            f"cannot count MACs of {node.op_type} node {node.name!r}: shape of {value.name!r} is unknown ({shape})"
+        )
     return tuple(shape)
 
 
@@ -77,7 +79,10 @@ def count_macs(model: ir.Model) -> list[NodeMacs]:
 
 
 def _count_macs(model: ir.Model) -> list[NodeMacs]:
-    return [NodeMacs(node.name or f"{node.op_type}_{index}", node.op_type, node_macs(node)) for index, node in enumerate(model.graph)]
+    return [
+        NodeMacs(node.name or f"{node.op_type}_{index}", node.op_type, node_macs(node))
+        for index, node in enumerate(model.graph)
+    ]
 
 
 def total_macs(model: ir.Model) -> int:
@@ -88,7 +93,11 @@ def count_params(model: ir.Model) -> int:
     """Elements of the floating-point weight tensors (initializers, or Constant nodes as some exporters
     store weights); scalars such as Clip bounds and integer shape constants are not parameters."""
     tensors = [value.const_value for value in model.graph.initializers.values()]
-    tensors += [node.attributes["value"].as_tensor() for node in model.graph if node.op_type == "Constant" and "value" in node.attributes]
+    tensors += [
+        node.attributes["value"].as_tensor()
+        for node in model.graph
+        if node.op_type == "Constant" and "value" in node.attributes
+    ]
     return sum(
         math.prod(tensor.shape)
         for tensor in tensors

@@ -19,4 +19,4 @@ def record(model: ir.Model, key: str, value) -> None:
 
 def recorded_reports(model: ir.Model) -> dict[str, str]:
     """key -> JSON text of every entry recorded on ``model``."""
-    return {name[len(PREFIX):]: text for name, text in model.metadata_props.items() if name.startswith(PREFIX)}
+    return {name[len(PREFIX) :]: text for name, text in model.metadata_props.items() if name.startswith(PREFIX)}

@@ -85,16 +85,32 @@ class StripChannelsPass(ir.passes.InPlacePass):
             RemoveUnusedNodesPass()(model)
         widths_after = layer_widths(model)
         layers = [
-            {"node": node_name(node), "op_type": node.op_type, "in_channels": [before[0], widths_after[node][0]], "out_channels": [before[1], widths_after[node][1]]}
+            {
+                "node": node_name(node),
+                "op_type": node.op_type,
+                "in_channels": [before[0], widths_after[node][0]],
+                "out_channels": [before[1], widths_after[node][1]],
+            }
             for node, before in widths_before.items()
         ]
-        record(model, REPORT_KEY, {"layers": layers, "kept": [{"reason": reason, "channels": _by_value(slots)} for reason, slots in kept.items()]})
+        record(
+            model,
+            REPORT_KEY,
+            {
+                "layers": layers,
+                "kept": [{"reason": reason, "channels": _by_value(slots)} for reason, slots in kept.items()],
+            },
+        )
         return ir.passes.PassResult(model, modified)
 
 
 def layer_widths(model: ir.Model) -> dict[ir.Node, tuple[int | None, int | None]]:
     """(input channels, output channels) of every Conv, ConvTranspose, Gemm and MatMul."""
-    return {node: (channel_count(node.inputs[0]), channel_count(node.outputs[0])) for node in model.graph if node.op_type in LAYERS}
+    return {
+        node: (channel_count(node.inputs[0]), channel_count(node.outputs[0]))
+        for node in model.graph
+        if node.op_type in LAYERS
+    }
 
 
 def _by_value(slots: list[Slot]) -> dict[str, list[int]]:
@@ -198,7 +214,9 @@ def remove_channels(model: ir.Model, deps: ChannelGraph, constants: Constants, r
             value.const_value = ir.tensor(array, name=value.name)
             value.shape = ir.Shape(array.shape)
         else:
-            value.shape = ir.Shape([dim - len(indices) if index == axis else dim for index, dim in enumerate(value.shape)])
+            value.shape = ir.Shape(
+                [dim - len(indices) if index == axis else dim for index, dim in enumerate(value.shape)]
+            )
     for layer, contribution in folds:
         if contribution.any():
             output = layer.outputs[0]
@@ -208,7 +226,12 @@ def remove_channels(model: ir.Model, deps: ChannelGraph, constants: Constants, r
 def _add_to_bias(layer: ir.Node, contribution: np.ndarray) -> None:
     if not has_input(layer, 2):
         layer.resize_inputs(3)
-        layer.replace_input_with(2, add_initializer(layer.graph, f"{node_name(layer)}_bias", np.zeros(len(contribution), layer.outputs[0].dtype.numpy())))
+        layer.replace_input_with(
+            2,
+            add_initializer(
+                layer.graph, f"{node_name(layer)}_bias", np.zeros(len(contribution), layer.outputs[0].dtype.numpy())
+            ),
+        )
     bias = layer.inputs[2]
     array = bias.const_value.numpy()
     array = (array + contribution.astype(array.dtype)).astype(array.dtype)
@@ -290,7 +313,12 @@ def remove_spent_masks(model: ir.Model) -> bool:
     for node in model.graph:
         operands = mask_operands(node)
         output = node.outputs[0]
-        if operands and operands[1].const_value.numpy().all() and output.shape == operands[0].shape and not output.is_graph_output():
+        if (
+            operands
+            and operands[1].const_value.numpy().all()
+            and output.shape == operands[0].shape
+            and not output.is_graph_output()
+        ):
             spent.append((node, operands[0]))
     for node, activation in spent:
         node.outputs[0].replace_all_uses_with(activation)

@@ -37,6 +37,7 @@ def free_port(count: int = 1) -> int:
         except OSError:
             continue
 
+
 # The four styles of test net and one real third-party ONNX CNN.
 MODEL_NAMES = ["resnet", "mobilenetv2", "unet", "edsr", "rapidocr-cls"]
 

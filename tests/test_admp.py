@@ -10,8 +10,8 @@ import onnx_ir as ir
 import onnxruntime
 import pytest
 import torch
-
 from conftest import run_tool
+
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
@@ -87,7 +87,9 @@ def test_stripped_llvm_build_matches_onnxruntime_with_fewer_params_and_macs(run,
     assert max_relative_error(result.run({"input": images})["logits"], expected) < RTOL
 
 
-def test_stripped_arm_cpu_build_runs_on_the_device_and_matches_onnxruntime(run, target_images, emulated_device, tmp_path):
+def test_stripped_arm_cpu_build_runs_on_the_device_and_matches_onnxruntime(
+    run, target_images, emulated_device, tmp_path
+):
     model = student(run)
     artefact = compile_model(model, "arm_cpu", passes="default,strip-channels").save(tmp_path / "arm")
     images = target_images[0][1:2]
@@ -114,7 +116,20 @@ def test_a_stage_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_cli_trains_exports_and_resumes(tmp_path):
-    args = ["--source", "mnist", "--target", "sklearn-digits", "--ratio", "0.5", "-o", tmp_path, "--source-limit", "200", "--target-limit", "200"]
+    args = [
+        "--source",
+        "mnist",
+        "--target",
+        "sklearn-digits",
+        "--ratio",
+        "0.5",
+        "-o",
+        tmp_path,
+        "--source-limit",
+        "200",
+        "--target-limit",
+        "200",
+    ]
     args += ["--epochs", "1", "--admp-epochs", "1", "--finetune-epochs", "1", "--width", "4"]
     first = run_tool("train_admp", *args)
     assert first.returncode == 0, first.stderr

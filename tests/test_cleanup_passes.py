@@ -45,7 +45,12 @@ def assert_same_outputs(before: ir.Model, after: ir.Model, rtol=1e-5):
 
 
 def bn_node(source: str, prefix: str, output: str):
-    return helper.make_node("BatchNormalization", [source, *(f"{prefix}_{p}" for p in ("scale", "bias", "mean", "var"))], [output], name=prefix)
+    return helper.make_node(
+        "BatchNormalization",
+        [source, *(f"{prefix}_{p}" for p in ("scale", "bias", "mean", "var"))],
+        [output],
+        name=prefix,
+    )
 
 
 def test_fold_batchnorm_removes_bn_and_keeps_outputs():
@@ -77,7 +82,10 @@ def test_fold_batchnorm_refuses_a_weight_shared_by_two_convs():
 def test_lift_constants_moves_constant_node_weights_to_initializers():
     weight = tensor("w_value", (4, 3, 1, 1))
     model = make_model(
-        [helper.make_node("Constant", [], ["w"], name="weight", value=weight), helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        [
+            helper.make_node("Constant", [], ["w"], name="weight", value=weight),
+            helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        ],
         [],
     )
     after = create_pass("lift-constants")(model.clone()).model
@@ -124,7 +132,13 @@ def test_fold_constants_folds_a_shape_computation_into_a_constant():
 
 
 def test_shape_inference_fills_in_intermediate_shapes():
-    model = make_model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", strides=[2, 2]), helper.make_node("Relu", ["c"], ["y"])], [tensor("w", (4, 3, 3, 3))])
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", strides=[2, 2]),
+            helper.make_node("Relu", ["c"], ["y"]),
+        ],
+        [tensor("w", (4, 3, 3, 3))],
+    )
     for node in model.graph:
         node.outputs[0].shape = None
     after = create_pass("shape-inference")(model).model

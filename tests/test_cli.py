@@ -1,11 +1,10 @@
 """The command-line tools as a user meets them: the happy path, and one-line errors for bad input."""
 
-
 import numpy as np
 import pytest
+from conftest import free_port, run_tool, save_model
 from onnx import TensorProto, helper
 
-from conftest import free_port, run_tool, save_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.frontends import load_onnx
 
@@ -36,7 +35,10 @@ def test_compile_then_run_on_the_host(tiny_onnx, tmp_path):
 
 def unsupported_op_model(path):
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu"), helper.make_node("Det", ["r"], ["y"], name="determinant")],
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("Det", ["r"], ["y"], name="determinant"),
+        ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
@@ -50,14 +52,22 @@ def bad_compile_cases(tmp_path, tiny_onnx):
     return {
         "missing file": (["compile", tmp_path / "absent.onnx", "--target", "llvm"], "absent.onnx: no such file"),
         "not onnx": (["compile", not_onnx, "--target", "llvm"], "not an ONNX model"),
-        "unsupported op": (["compile", unsupported_op_model(tmp_path / "det.onnx"), "--target", "llvm"], "unsupported op Det in node 'determinant'"),
+        "unsupported op": (
+            ["compile", unsupported_op_model(tmp_path / "det.onnx"), "--target", "llvm"],
+            "unsupported op Det in node 'determinant'",
+        ),
         "unknown target": (["compile", tiny_onnx, "--target", "tpu"], "unknown target 'tpu'"),
-        "unknown device tag": (["compile", tiny_onnx, "--target", "arm_cpu", "--device", "arm/nope"], "unknown device tag 'arm/nope'"),
+        "unknown device tag": (
+            ["compile", tiny_onnx, "--target", "arm_cpu", "--device", "arm/nope"],
+            "unknown device tag 'arm/nope'",
+        ),
         "unknown pass": (["compile", tiny_onnx, "--target", "llvm", "--passes", "default,nope"], "unknown pass 'nope'"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "not onnx", "unsupported op", "unknown target", "unknown device tag", "unknown pass"])
+@pytest.mark.parametrize(
+    "case", ["missing file", "not onnx", "unsupported op", "unknown target", "unknown device tag", "unknown pass"]
+)
 def test_bad_compile_input_is_one_error_line_and_no_output(case, tmp_path, tiny_onnx):
     args, message = bad_compile_cases(tmp_path, tiny_onnx)[case]
     out_dir = tmp_path / "build"
@@ -67,7 +77,9 @@ def test_bad_compile_input_is_one_error_line_and_no_output(case, tmp_path, tiny_
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not out_dir.exists()
-    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".build")], "no staging directory left behind"
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".build")], (
+        "no staging directory left behind"
+    )
 
 
 def test_a_failed_compile_leaves_an_existing_artefact_untouched(tmp_path, tiny_onnx):
@@ -81,7 +93,9 @@ def test_a_failed_compile_leaves_an_existing_artefact_untouched(tmp_path, tiny_o
 
 def test_unreachable_tracker_is_one_error_line(tmp_path, tiny_onnx):
     assert run_tool("compile", tiny_onnx, "--target", "arm_cpu", "-o", tmp_path / "build").returncode == 0
-    result = run_tool("run", tmp_path / "build", "--rpc", f"127.0.0.1:{free_port()}:arm64-qemu", "-o", tmp_path / "y.npz")
+    result = run_tool(
+        "run", tmp_path / "build", "--rpc", f"127.0.0.1:{free_port()}:arm64-qemu", "-o", tmp_path / "y.npz"
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: RPC tracker at 127.0.0.1:") and "does not answer" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

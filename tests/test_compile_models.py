@@ -7,9 +7,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import tvm
+from conftest import MODEL_NAMES, load_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import MODEL_NAMES, load_model
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
@@ -56,7 +56,9 @@ def test_arm_cpu_build_is_an_aarch64_library(name, tmp_path):
 COMPILED_MAIN, BYTECODE_MAIN = "@main num_inputs=1 vm_tir_func", "@main:\n  call "
 
 
-@pytest.mark.parametrize(("target", "main"), [("llvm", COMPILED_MAIN), ("arm_cpu", COMPILED_MAIN), ("mali", BYTECODE_MAIN)])
+@pytest.mark.parametrize(
+    ("target", "main"), [("llvm", COMPILED_MAIN), ("arm_cpu", COMPILED_MAIN), ("mali", BYTECODE_MAIN)]
+)
 def test_cpu_builds_compile_main_to_machine_code_and_gpu_builds_keep_bytecode(target, main):
     executable = compile_model(load_model("tiny"), target).build.executable
     assert executable.as_text().startswith(main)
@@ -66,7 +68,9 @@ def test_cpu_builds_compile_main_to_machine_code_and_gpu_builds_keep_bytecode(ta
 def test_mali_build_has_an_opencl_kernel_for_every_compute_function(name, tmp_path):
     result = compile_model(load_model(name), "mali")
     assert functions_without_kernel(result.build) == []
-    compute_functions = [gvar for gvar, func in result.build.lowered.functions_items() if type(func).__name__ == "PrimFunc"]
+    compute_functions = [
+        gvar for gvar, func in result.build.lowered.functions_items() if type(func).__name__ == "PrimFunc"
+    ]
     assert len(compute_functions) > 5
     artefact = result.save(tmp_path / "out")
     source = (artefact.directory / "model.cl").read_text()
@@ -80,7 +84,9 @@ def test_a_gpu_build_without_schedules_is_caught(monkeypatch):
     from tvm import relax
 
     # Mali builds go through the generic GPU backend: give it the CPU legalization, without dlight.
-    monkeypatch.setattr(relax.backend.gpu_generic.pipeline, "legalize_passes", relax.backend.cpu_generic.legalize_passes)
+    monkeypatch.setattr(
+        relax.backend.gpu_generic.pipeline, "legalize_passes", relax.backend.cpu_generic.legalize_passes
+    )
     with pytest.raises(EdgesparseError, match="no GPU kernel for"):
         compile_model(load_model("resnet"), "mali")
 
@@ -88,11 +94,17 @@ def test_a_gpu_build_without_schedules_is_caught(monkeypatch):
 def conv_clip_net(low: float | None, high: float | None) -> ir.Model:
     """Conv 3x3 -> Clip(low, high) -> Conv 1x1; an absent bound is an empty input."""
     rng = np.random.default_rng(2)
-    bounds = [numpy_helper.from_array(np.array(value, np.float32), name) for name, value in (("low", low), ("high", high)) if value is not None]
+    bounds = [
+        numpy_helper.from_array(np.array(value, np.float32), name)
+        for name, value in (("low", low), ("high", high))
+        if value is not None
+    ]
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["input", "w0"], ["conv"], pads=[1, 1, 1, 1]),
-            helper.make_node("Clip", ["conv", "low" if low is not None else "", "high" if high is not None else ""], ["clipped"]),
+            helper.make_node(
+                "Clip", ["conv", "low" if low is not None else "", "high" if high is not None else ""], ["clipped"]
+            ),
             helper.make_node("Conv", ["clipped", "w1"], ["output"]),
         ],
         "conv_clip_net",

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import load_model, run_tool, save_model
+
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
@@ -42,7 +42,9 @@ def test_a_finished_run_gives_the_device_back(emulated_device, tmp_path):
 def test_run_tool_on_the_device(emulated_device, tmp_path):
     model = save_model(load_model("resnet"), tmp_path / "resnet.onnx")
     assert run_tool("compile", model, "--target", "arm_cpu", "-o", tmp_path / "build").returncode == 0
-    result = run_tool("run", tmp_path / "build", "--rpc", emulated_device.rpc_address, "--check", "-o", tmp_path / "y.npz")
+    result = run_tool(
+        "run", tmp_path / "build", "--rpc", emulated_device.rpc_address, "--check", "-o", tmp_path / "y.npz"
+    )
     assert result.returncode == 0, result.stderr
     assert f"on device {emulated_device.rpc_address}" in result.stdout
     error = float(result.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0])

@@ -5,10 +5,10 @@ import onnx_ir as ir
 import pytest
 import torch
 import tvm
+from conftest import load_model
 from torch import nn
 from tvm import relax
 
-from conftest import load_model
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
@@ -19,7 +19,9 @@ from edgesparse.frontends.zoo import build_zoo_model
 
 def featreg_compile(model: ir.Model, target: str, **options):
     # min_sparsity 0: every gated conv takes the sparse kernel, whatever its measured sparsity.
-    return compile_model(model, target, passes="default,featreg", pass_options={"featreg": {"min_sparsity": 0.0, **options}})
+    return compile_model(
+        model, target, passes="default,featreg", pass_options={"featreg": {"min_sparsity": 0.0, **options}}
+    )
 
 
 def gated_kernels(result) -> list[str]:
@@ -83,7 +85,15 @@ class GatedInputConv(nn.Module):
         self.gate = ThresholdGate(threshold)
         groups = channels if depthwise else 1
         out_channels = channels if depthwise else out_channels
-        self.conv = nn.Conv2d(channels, out_channels, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, groups=groups)
+        self.conv = nn.Conv2d(
+            channels,
+            out_channels,
+            kernel,
+            stride=stride,
+            padding=dilation * (kernel // 2),
+            dilation=dilation,
+            groups=groups,
+        )
 
     def forward(self, x):
         return self.conv(self.gate(x))
@@ -145,7 +155,9 @@ def test_cuda_gated_build_matches_onnxruntime_on_the_gpu(featreg_edsr, calibrati
     result = featreg_compile(featreg_edsr, "cuda", sparsity=0.9, calibrate=str(calibration))
     artefact = result.save(tmp_path / "build")
     inputs = image_inputs(featreg_edsr, seed=2)
-    assert max_relative_error(artefact.run(inputs)["output"], run_onnxruntime(result.optimized, inputs)["output"]) < 1e-4
+    assert (
+        max_relative_error(artefact.run(inputs)["output"], run_onnxruntime(result.optimized, inputs)["output"]) < 1e-4
+    )
 
 
 def test_plain_relu_nets_take_the_gated_kernel_too():

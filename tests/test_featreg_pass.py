@@ -25,7 +25,6 @@ class WhereGate(nn.Module):
         return torch.where(x > self.threshold, x, 0.0)
 
 
-
 class GateConv(nn.Module):
     """stem conv -> gate -> conv (-> gate -> conv), optionally the gate also read by a residual add."""
 
@@ -94,7 +93,9 @@ def test_thresholded_relu_gate_is_recognised():
     original = export(GateConv(nn.ReLU()))
     relu = next(node for node in original.graph if node.op_type == "Relu")
     thresholded = ir.node("ThresholdedRelu", [relu.inputs[0]], {"alpha": 0.4}, name="gate")
-    ir.convenience.replace_nodes_and_values(original.graph, relu, [relu], [thresholded], relu.outputs, thresholded.outputs)
+    ir.convenience.replace_nodes_and_values(
+        original.graph, relu, [relu], [thresholded], relu.outputs, thresholded.outputs
+    )
     rewritten = featreg(original)
     assert op_types(rewritten) == ["Conv", "GatedConv"]
     assert rewritten.graph.node(1).attributes.get_float("threshold") == pytest.approx(0.4)
@@ -182,7 +183,8 @@ def test_effective_macs_agree_with_an_independent_count_of_nonzeros(tmp_path):
     relu = next(node for node in probe.graph if node.op_type == "Relu")
     probe.graph.outputs.append(relu.outputs[0])
     nonzeros = [
-        np.count_nonzero(run_onnxruntime(probe, dict(np.load(path)))[relu.outputs[0].name]) for path in sorted(calibration.glob("*.npz"))
+        np.count_nonzero(run_onnxruntime(probe, dict(np.load(path)))[relu.outputs[0].name])
+        for path in sorted(calibration.glob("*.npz"))
     ]
     out_channels, kernel_size = 16, 9
     independent = np.mean(nonzeros) * out_channels * kernel_size  # stride 1, 'same' padding

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_tool
 from PIL import Image
 
-from conftest import run_tool
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error
 from edgesparse.frontends.featreg.controller import SparsityController
@@ -30,7 +30,10 @@ SR = Degradation("sr", scale=2)
 @pytest.fixture(scope="module")
 def photos():
     """(training photos, held-out photos)."""
-    return [skimage_photo("astronaut", 96), skimage_photo("coffee", 96)], [skimage_photo("chelsea", 96), skimage_photo("rocket", 96)]
+    return [skimage_photo("astronaut", 96), skimage_photo("coffee", 96)], [
+        skimage_photo("chelsea", 96),
+        skimage_photo("rocket", 96),
+    ]
 
 
 def tiny_training(photos, tmp_path, levels, reg_weight, steps=30, checkpoint_every=None):
@@ -39,7 +42,14 @@ def tiny_training(photos, tmp_path, levels, reg_weight, steps=30, checkpoint_eve
     model = build_net("sr", scale=2, width=8, blocks=1)
     controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), levels)
     sampler = PatchSampler(photos[0], SR, PATCH, batch=8, seed=0)
-    train(model, controller, sampler, TrainConfig(steps=steps, lr=2e-3, reg_weight=reg_weight, checkpoint_every=checkpoint_every or steps), tmp_path, progress=False)
+    train(
+        model,
+        controller,
+        sampler,
+        TrainConfig(steps=steps, lr=2e-3, reg_weight=reg_weight, checkpoint_every=checkpoint_every or steps),
+        tmp_path,
+        progress=False,
+    )
     return model, controller
 
 
@@ -125,7 +135,9 @@ def test_export_featreg_llvm_build_matches_pytorch(photos, trained, exported):
     assert sorted(float(level) for level in json.loads(onnx_model.metadata_props[LEVELS_METADATA_KEY])) == LEVELS
     inputs = held_out(photos, seed=3)[:1]
     shaped = set_input_shapes(onnx_model.clone(), {"input": list(inputs.shape)})
-    result = compile_model(shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.9, "min_sparsity": 0.0}})
+    result = compile_model(
+        shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.9, "min_sparsity": 0.0}}
+    )
     assert [layer["op"] for layer in result.report["layers"]] == ["GatedConv"] * 5
     controller.apply(0.9)
     with torch.no_grad():
@@ -166,7 +178,10 @@ def test_eval_cli_prints_the_figures(exported, image_dir):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--images", "no/such/folder", "--level", "0.9"], "no such directory"), (["--level", "0.7"], "not among the model's levels")],
+    [
+        (["--images", "no/such/folder", "--level", "0.9"], "no such directory"),
+        (["--level", "0.7"], "not among the model's levels"),
+    ],
     ids=["missing-folder", "unknown-level"],
 )
 def test_eval_cli_bad_input_is_a_one_line_error(exported, image_dir, args, message):
@@ -200,7 +215,9 @@ def test_sparsity_fine_tuning_keeps_batchnorm_statistics_when_frozen(photos, tmp
     model = build_net("denoise", width=8, depth=4)
     controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), LEVELS)
     batchnorms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
-    before = [(norm.running_mean.clone(), norm.running_var.clone(), norm.weight.detach().clone()) for norm in batchnorms]
+    before = [
+        (norm.running_mean.clone(), norm.running_var.clone(), norm.weight.detach().clone()) for norm in batchnorms
+    ]
     sampler = PatchSampler(photos[0], Degradation("denoise"), PATCH, batch=4, seed=0)
     train(model, controller, sampler, TrainConfig(steps=3, lr=1e-2, freeze_batchnorm=freeze), tmp_path, progress=False)
     for norm, (mean, var, weight) in zip(batchnorms, before):
@@ -215,8 +232,12 @@ def test_denoiser_with_smoothing_skip_exports_and_builds_like_pytorch():
     controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, 12, 12)), [0.8])
     inputs = torch.rand(1, 3, 16, 16)
     controller.calibrate(model, torch.rand(4, 3, 16, 16), 0.8)
-    shaped = set_input_shapes(export_onnx(model, controller, {"task": "denoise", "sigma": 25.0}), {"input": list(inputs.shape)})
-    result = compile_model(shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.8, "min_sparsity": 0.0}})
+    shaped = set_input_shapes(
+        export_onnx(model, controller, {"task": "denoise", "sigma": 25.0}), {"input": list(inputs.shape)}
+    )
+    result = compile_model(
+        shaped, "llvm", passes="default,featreg", pass_options={"featreg": {"sparsity": 0.8, "min_sparsity": 0.0}}
+    )
     # the gated hidden convs and the last one become GatedConv; the smoothing and the first conv read the image
     assert [layer["op"] for layer in result.report["layers"]] == ["GatedConv"] * 3
     with torch.no_grad():

@@ -2,9 +2,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import save_model
 from onnx import TensorProto, helper
 
-from conftest import save_model
 from edgesparse.backends.onnxruntime_ref import run_onnxruntime
 from edgesparse.frontends import load_onnx, set_input_shapes
 from edgesparse.frontends.third_party import rapidocr_classifier_path
@@ -16,7 +16,9 @@ from edgesparse.passes import EdgesparseError
 def opset11_model() -> onnx.ModelProto:
     """Conv then Squeeze with its axes as an attribute: the opset-11 form that opset 13 changed."""
     rng = np.random.default_rng(0)
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 2, 3, 3], rng.standard_normal(72).astype(np.float32).tolist())
+    weight = helper.make_tensor(
+        "w", TensorProto.FLOAT, [4, 2, 3, 3], rng.standard_normal(72).astype(np.float32).tolist()
+    )
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -58,7 +60,9 @@ def test_torch_module_exports_with_shapes_and_same_outputs():
     module, example = build_zoo_model("resnet")
     model = from_torch(module, example, input_names=["image"], output_names=["logits"])
     assert [value.name for value in model.graph.inputs] == ["image"]
-    assert all(output.shape is not None for node in model.graph for output in node.outputs), "shapes inferred everywhere"
+    assert all(output.shape is not None for node in model.graph for output in node.outputs), (
+        "shapes inferred everywhere"
+    )
     with torch.no_grad():
         expected = module(example).numpy()
     actual = run_onnxruntime(model, {"image": example.numpy()})["logits"]

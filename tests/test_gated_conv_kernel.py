@@ -36,7 +36,10 @@ from edgesparse.backends.tvm_build import _module_tree
 CASES = {
     "3x3": (GatedConvShape(1, 24, 40, 13, 15, (3, 3), pads=(1, 1, 1, 1)), 0.0),
     "3x3-stride2-asym-pads-batch2": (GatedConvShape(2, 13, 7, 11, 9, (3, 3), (2, 2), (1, 0, 2, 1)), 0.3),
-    "3x3-dilation2-two-mask-words": (GatedConvShape(1, 70, 33, 10, 23, (3, 3), pads=(2, 2, 2, 2), dilation=(2, 2)), -0.2),
+    "3x3-dilation2-two-mask-words": (
+        GatedConvShape(1, 70, 33, 10, 23, (3, 3), pads=(2, 2, 2, 2), dilation=(2, 2)),
+        -0.2,
+    ),
     "3x3-no-padding": (GatedConvShape(1, 8, 16, 7, 12, (3, 3)), 0.0),
     "3x1-stride1x2": (GatedConvShape(1, 130, 64, 5, 37, (3, 1), (1, 2), (0, 0, 1, 0)), 0.5),
     "1x1": (GatedConvShape(1, 16, 24, 17, 17, (1, 1)), 0.0),
@@ -61,7 +64,9 @@ def gated_input(shape: GatedConvShape, threshold: float, sparsity: float, seed: 
     return x.astype(np.float32)
 
 
-def reference(shape: GatedConvShape, threshold: float, weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+def reference(
+    shape: GatedConvShape, threshold: float, weight: np.ndarray, bias: np.ndarray, x: np.ndarray
+) -> np.ndarray:
     """ONNX Runtime on GatedConv's definition: Conv(Where(Greater(x, t), x, 0), W, B)."""
     nodes = [
         helper.make_node("Greater", ["x", "t"], ["on"]),
@@ -90,7 +95,9 @@ def reference(shape: GatedConvShape, threshold: float, weight: np.ndarray, bias:
 
 def parameters(shape: GatedConvShape, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.standard_normal(shape.weight_shape).astype(np.float32), rng.standard_normal(shape.out_channels).astype(np.float32)
+    return rng.standard_normal(shape.weight_shape).astype(np.float32), rng.standard_normal(shape.out_channels).astype(
+        np.float32
+    )
 
 
 def compile_kernel(func: tvm.tirx.PrimFunc, target) -> tvm.runtime.Module:
@@ -163,7 +170,9 @@ def test_schedule_space_is_valid_and_holds_the_default(target):
 
 
 @pytest.mark.parametrize("target", ["cuda", "mali"])
-@pytest.mark.parametrize("case", ["3x3-stride2-asym-pads-batch2", "3x3-dilation2-two-mask-words", "1x1", "depthwise-3x3-stride2"])
+@pytest.mark.parametrize(
+    "case", ["3x3-stride2-asym-pads-batch2", "3x3-dilation2-two-mask-words", "1x1", "depthwise-3x3-stride2"]
+)
 def test_gpu_kernel_logic_matches_onnxruntime_with_threads_run_as_loops(case, target):
     shape, threshold = CASES[case]
     gpu_target = resolve_target(target).target
@@ -189,7 +198,9 @@ def test_relax_call_tir_build_runs_and_matches():
 def test_arm_cpu_build_cross_compiles_to_an_aarch64_library(tmp_path):
     executable, _, _ = build_standalone("3x3", "arm_cpu")
     path = tmp_path / "gated.so"
-    executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(resolve_target("arm_cpu").cross_compiler))
+    executable.export_library(
+        str(path), fcompile=tvm.support.cc.cross_compiler(resolve_target("arm_cpu").cross_compiler)
+    )
     header = path.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
 
@@ -197,7 +208,9 @@ def test_arm_cpu_build_cross_compiles_to_an_aarch64_library(tmp_path):
 def test_arm_cpu_kernel_accumulates_in_neon_registers():
     spec = resolve_target("arm_cpu")
     shape, threshold = CASES["3x3"]
-    library = compile_kernel(gated_conv2d(shape, threshold, default_schedule(shape, spec.target), spec.target), spec.target)
+    library = compile_kernel(
+        gated_conv2d(shape, threshold, default_schedule(shape, spec.target), spec.target), spec.target
+    )
     assembly = library.mod.inspect_source("asm")
     # 40 output channels (oc_tile 40: ten 4-lane vectors) times a multiply-add per weight vector.
     assert len(re.findall(r"fmla\tv\d+\.4s, v\d+\.4s, v\d+\.s\[0\]", assembly)) >= 10
@@ -258,7 +271,9 @@ def test_effective_macs_count_active_inputs_under_each_tap():
             expected += int(active[n, :, iy, ix].sum()) * shape.out_channels
     assert effective_macs(x, shape, threshold) == expected
     unpadded, _ = CASES["3x3-no-padding"]
-    assert effective_macs(np.ones((1, 8, 7, 12), np.float32), unpadded, 0.0) == unpadded.dense_macs == 16 * 5 * 10 * 8 * 9
+    assert (
+        effective_macs(np.ones((1, 8, 7, 12), np.float32), unpadded, 0.0) == unpadded.dense_macs == 16 * 5 * 10 * 8 * 9
+    )
 
 
 @pytest.mark.parametrize(
@@ -267,8 +282,14 @@ def test_effective_macs_count_active_inputs_under_each_tap():
         (lambda: GatedConvShape(1, 8, 8, 5, 5, (3, 3), group=2), "group 1 and depthwise"),
         (lambda: GatedConvShape(1, 8, 8, 2, 2, (3, 3)), "empty output"),
         (lambda: GatedConvSchedule(cin_block=24).validate(HOST.target), "power of two"),
-        (lambda: GatedConvSchedule(oc_tile=6).validate(resolve_target("arm_cpu").target), "multiple of the target's 4 vector"),
-        (lambda: GatedConvSchedule(oc_tile=48, gpu_threads=128).validate(resolve_target("cuda").target), "multiple of oc_tile"),
+        (
+            lambda: GatedConvSchedule(oc_tile=6).validate(resolve_target("arm_cpu").target),
+            "multiple of the target's 4 vector",
+        ),
+        (
+            lambda: GatedConvSchedule(oc_tile=48, gpu_threads=128).validate(resolve_target("cuda").target),
+            "multiple of oc_tile",
+        ),
         (lambda: GatedConvSchedule(oc_tile=64, gpu_threads=512).validate(resolve_target("mali").target), "at most 256"),
     ],
 )

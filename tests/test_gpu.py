@@ -2,8 +2,8 @@
 
 import pytest
 import tvm
-
 from conftest import load_model
+
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.tvm_build import functions_without_kernel

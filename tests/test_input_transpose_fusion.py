@@ -4,10 +4,10 @@ import re
 
 import pytest
 import tvm
+from conftest import load_model
 from tvm import relax
 from tvm.script import relax as R
 
-from conftest import load_model
 from edgesparse.backends.input_transpose_fusion import PATTERN_NAME, fuse_input_transpose
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
@@ -39,7 +39,12 @@ def conv_module(*, bias: bool = True, activations: tuple[str, ...] = (), second_
             for activation in activations:
                 out = bb.emit(ACTIVATIONS[activation](out))
             if second_reader:
-                out = bb.emit(relax.op.add(out, bb.emit(relax.op.nn.conv2d(transposed, w, padding=1, data_layout="NHWC", kernel_layout="OHWI"))))
+                out = bb.emit(
+                    relax.op.add(
+                        out,
+                        bb.emit(relax.op.nn.conv2d(transposed, w, padding=1, data_layout="NHWC", kernel_layout="OHWI")),
+                    )
+                )
             result = bb.emit_output(out)
         bb.emit_func_output(result)
     return bb.get()

@@ -3,8 +3,8 @@ import textwrap
 
 import onnx_ir as ir
 import pytest
-
 from conftest import load_model, run_tool, save_model
+
 from edgesparse.passes import DEFAULT_PASSES, EdgesparseError, expand_pass_names, register_pass, run_pipeline
 from edgesparse.passes.registry import _REGISTRY
 
@@ -87,9 +87,22 @@ def test_user_plugin_pass_runs_from_the_command_line(tmp_path):
     plugin = tmp_path / "my_passes.py"
     plugin.write_text(PLUGIN)
     model = save_model(load_model("resnet"), tmp_path / "resnet.onnx")
-    listed = run_tool("compile", "--plugin", plugin, "--list-passes", model, "--target", "llvm", "-o", tmp_path / "unused")
+    listed = run_tool(
+        "compile", "--plugin", plugin, "--list-passes", model, "--target", "llvm", "-o", tmp_path / "unused"
+    )
     assert "tag-relus" in listed.stdout.split()
-    result = run_tool("compile", model, "--target", "llvm", "-o", tmp_path / "out", "--plugin", plugin, "--passes", "default,tag-relus")
+    result = run_tool(
+        "compile",
+        model,
+        "--target",
+        "llvm",
+        "-o",
+        tmp_path / "out",
+        "--plugin",
+        plugin,
+        "--passes",
+        "default,tag-relus",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["passes"] == [*DEFAULT_PASSES, "tag-relus"]

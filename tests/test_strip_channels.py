@@ -7,10 +7,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
+from conftest import MODEL_NAMES, load_model, run_tool, save_model
 from onnx import helper
+from test_channel_deps import build_model, conv, random_weight
 from torch import nn
 
-from conftest import MODEL_NAMES, load_model, run_tool, save_model
 from edgesparse.backends import compile_model
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.frontends.torch_frontend import from_torch
@@ -21,7 +22,6 @@ from edgesparse.passes.macs import count_params, total_macs
 from edgesparse.passes.report import recorded_reports
 from edgesparse.passes.strip_channels import REPORT_KEY, StripChannelsPass
 from edgesparse.passes.verify import checker_problem
-from test_channel_deps import build_model, conv, random_weight
 
 RTOL = 1e-5
 # TVM against ONNX Runtime: different kernels, same tolerance as the rest of the project's checks.
@@ -47,7 +47,9 @@ def strip_report(model: ir.Model) -> dict:
 
 def widths(model: ir.Model) -> dict[str, list[int]]:
     """Layer -> [input channels, output channels] after the pass, from its report."""
-    return {layer["node"]: [layer["in_channels"][1], layer["out_channels"][1]] for layer in strip_report(model)["layers"]}
+    return {
+        layer["node"]: [layer["in_channels"][1], layer["out_channels"][1]] for layer in strip_report(model)["layers"]
+    }
 
 
 @functools.cache
@@ -103,7 +105,11 @@ def test_hand_computed_params_and_macs():
 ZOO_MASKS = [(0.3, 0, False), (0.7, 1, False), (0.5, 2, True), (0.7, 3, True)]
 
 
-@pytest.mark.parametrize(("ratio", "seed", "coupled"), ZOO_MASKS, ids=[f"{r:.0%}-seed{s}-{'coupled' if c else 'per-layer'}" for r, s, c in ZOO_MASKS])
+@pytest.mark.parametrize(
+    ("ratio", "seed", "coupled"),
+    ZOO_MASKS,
+    ids=[f"{r:.0%}-seed{s}-{'coupled' if c else 'per-layer'}" for r, s, c in ZOO_MASKS],
+)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_test_nets_stripped_equal_masked(name, ratio, seed, coupled):
     masks = random_masks(cleaned_model(name), ratio, seed, coupled=coupled)
@@ -114,7 +120,9 @@ def test_test_nets_stripped_equal_masked(name, ratio, seed, coupled):
     assert not any(mask_operands(node) and mask_operands(node)[1].const_value.numpy().all() for node in stripped.graph)
     if coupled:
         # Every layer pruned at the same channels as the layers coupled with it: all of them go.
-        assert {layer: widths(stripped)[layer][1] for layer in masks} == {layer: len(kept) for layer, kept in masks.items()}
+        assert {layer: widths(stripped)[layer][1] for layer in masks} == {
+            layer: len(kept) for layer, kept in masks.items()
+        }
         assert strip_report(stripped)["kept"] == []
     # A fixed point: what is left has nothing more to strip.
     again = strip(stripped)
@@ -134,7 +142,9 @@ def test_mobilenet_hidden_channels_go_where_expansion_or_depthwise_mask_is_zero(
     masks = random_masks(cleaned_model("mobilenetv2"), 0.5, seed=5)
     stripped = strip(masked_model("mobilenetv2", masks))
     for block in (1, 2, 3):
-        expansion, depthwise = (f"/features/features.{block}/block/block.{index}/block.{index}.0/Conv" for index in (0, 1))
+        expansion, depthwise = (
+            f"/features/features.{block}/block/block.{index}/block.{index}.0/Conv" for index in (0, 1)
+        )
         expected = len(set(masks[expansion]) & set(masks[depthwise]))
         assert widths(stripped)[expansion][1] == widths(stripped)[depthwise][1] == expected, block
 
@@ -228,7 +238,13 @@ def test_constants_fold_into_an_unpadded_conv_and_a_gemm_without_bias():
         ],
         {"x": [1, 3, 6, 6]},
         ["y"],
-        {"w": conv_weight, "b": np.array([0.1, 0.7, -0.2, 0.3], np.float32), "wv": valid_weight, "bv": random_weight(4), "g": random_weight(5, 4)},
+        {
+            "w": conv_weight,
+            "b": np.array([0.1, 0.7, -0.2, 0.3], np.float32),
+            "wv": valid_weight,
+            "bv": random_weight(4),
+            "g": random_weight(5, 4),
+        },
     )
     stripped = strip(model)
     assert_same_outputs(model, stripped)
@@ -266,7 +282,13 @@ def test_split_concat_slice_offsets_are_rewritten():
     stripped = strip(model)
     assert_same_outputs(model, stripped)
     values = {output.name: output for node in stripped.graph for output in node.outputs}
-    assert {name: channel_count(values[name]) for name in ("a", "s0", "s1", "c", "t")} == {"a": 3, "s0": 1, "s1": 2, "c": 3, "t": 3}
+    assert {name: channel_count(values[name]) for name in ("a", "s0", "s1", "c", "t")} == {
+        "a": 3,
+        "s0": 1,
+        "s1": 2,
+        "c": 3,
+        "t": 3,
+    }
     split, slice_ = (node for node in stripped.graph if node.op_type in ("Split", "Slice"))
     assert split.inputs[1].const_value.numpy().tolist() == [1, 2]
     assert (slice_.inputs[1].const_value.numpy().tolist(), slice_.inputs[2].const_value.numpy().tolist()) == ([0], [3])
@@ -301,7 +323,11 @@ def mixing_reshape_model() -> ir.Model:
         ],
         {"x": [1, 3, 4, 4]},
         ["y"],
-        {"w": random_weight(4, 3, 1, 1), "mask": np.array([1, 0, 1, 0], np.float32).reshape(1, 4, 1, 1), "target": np.array([1, 2, 32], np.int64)},
+        {
+            "w": random_weight(4, 3, 1, 1),
+            "mask": np.array([1, 0, 1, 0], np.float32).reshape(1, 4, 1, 1),
+            "target": np.array([1, 2, 32], np.int64),
+        },
     )
 
 
@@ -335,7 +361,9 @@ def write_masks(path, masks: dict[str, list[int]]):
 def test_mask_file_gives_what_the_same_masks_in_the_graph_give(tmp_path, suffix):
     masks = random_masks(cleaned_model("resnet"), 0.5, seed=6)
     path = write_masks(tmp_path / f"masks{suffix}", masks)
-    result = compile_model(cleaned_model("resnet"), "llvm", passes="strip-channels", pass_options={"strip-channels": {"masks": path}})
+    result = compile_model(
+        cleaned_model("resnet"), "llvm", passes="strip-channels", pass_options={"strip-channels": {"masks": path}}
+    )
     masked = masked_model("resnet", masks)
     assert_same_outputs(masked, result.optimized)
     inputs = random_inputs(masked)
@@ -351,9 +379,19 @@ def test_mask_file_gives_what_the_same_masks_in_the_graph_give(tmp_path, suffix)
     ("content", "message"),
     [
         ({"no-such-conv": [0]}, "masks: no node or node output named 'no-such-conv' (layers: /stem/stem.0/Conv,"),
-        ({"/stem/stem.0/Conv": [3, 16]}, "masks: '/stem/stem.0/Conv' has 16 output channels; its kept indices must be distinct and in [0, 16), got [3, 16]"),
-        ({"/stem/stem.0/Conv": [[0, 1]]}, "must be a list of kept channel indices, not an array of shape [1, 2] and type int64"),
-        ({"/stem/stem.0/Conv": [True, False]}, "must be a list of kept channel indices, not an array of shape [2] and type bool"),
+        (
+            {"/stem/stem.0/Conv": [3, 16]},
+            "masks: '/stem/stem.0/Conv' has 16 output channels; its kept indices must be distinct and in [0, "
+            "16), got [3, 16]",
+        ),
+        (
+            {"/stem/stem.0/Conv": [[0, 1]]},
+            "must be a list of kept channel indices, not an array of shape [1, 2] and type int64",
+        ),
+        (
+            {"/stem/stem.0/Conv": [True, False]},
+            "must be a list of kept channel indices, not an array of shape [2] and type bool",
+        ),
         ([0, 1], "expected a mapping of node names to kept channel indices"),
         ({"/head/Gemm": [0]}, "masks: '/head/Gemm' produces the graph output 'output', which keeps its width"),
     ],
@@ -370,13 +408,41 @@ def test_bad_mask_files_are_one_line_errors(tmp_path, content, message):
 def test_compile_tool_masks_option(tmp_path):
     model_path = save_model(load_model("resnet"), tmp_path / "resnet.onnx")
     masks = random_masks(cleaned_model("resnet"), 0.5, seed=7)
-    good = run_tool("compile", model_path, "--target", "llvm", "--passes", "default,strip-channels", "--masks", write_masks(tmp_path / "m.npz", masks), "-o", tmp_path / "out")
+    good = run_tool(
+        "compile",
+        model_path,
+        "--target",
+        "llvm",
+        "--passes",
+        "default,strip-channels",
+        "--masks",
+        write_masks(tmp_path / "m.npz", masks),
+        "-o",
+        tmp_path / "out",
+    )
     assert good.returncode == 0, good.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["macs_after"] < report["macs_before"] and report[REPORT_KEY]["layers"]
-    bad = run_tool("compile", model_path, "--target", "llvm", "--passes", "default,strip-channels", "--masks", write_masks(tmp_path / "bad.json", {"/stem/stem.0/Conv": [99]}), "-o", tmp_path / "bad")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: masks: '/stem/stem.0/Conv' has 16 output channels") and bad.stderr.count("\n") == 1
-    without_pass = run_tool("compile", model_path, "--target", "llvm", "--masks", tmp_path / "m.npz", "-o", tmp_path / "bad")
+    bad = run_tool(
+        "compile",
+        model_path,
+        "--target",
+        "llvm",
+        "--passes",
+        "default,strip-channels",
+        "--masks",
+        write_masks(tmp_path / "bad.json", {"/stem/stem.0/Conv": [99]}),
+        "-o",
+        tmp_path / "bad",
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error: masks: '/stem/stem.0/Conv' has 16 output channels")
+        and bad.stderr.count("\n") == 1
+    )
+    without_pass = run_tool(
+        "compile", model_path, "--target", "llvm", "--masks", tmp_path / "m.npz", "-o", tmp_path / "bad"
+    )
     assert without_pass.returncode == 2 and "--masks is an option of the strip-channels pass" in without_pass.stderr
 
 

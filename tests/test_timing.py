@@ -5,8 +5,7 @@ import math
 import pytest
 from conftest import load_model
 
-from edgesparse.backends import compile_model
-from edgesparse.backends import timing
+from edgesparse.backends import compile_model, timing
 from edgesparse.backends.onnxruntime_ref import random_inputs
 
 

@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 import pytest
+from conftest import free_port, run_tool, save_model, set_up_device
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import free_port, run_tool, save_model, set_up_device
 from edgesparse.backends import compile_model, tuning
 from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
@@ -19,6 +19,7 @@ from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tuning import CANDIDATE_FILE, extra_trials, first_round, tune
 from edgesparse.backends.tvm_build import CONV_LAYOUT_FILE, fuse, tuned_conv_layout
 from edgesparse.passes import EdgesparseError
+
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
     """Conv(3x3) + Relu, ``convs`` times: one tuning task per distinct conv shape."""
@@ -30,7 +31,10 @@ def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
             numpy_helper.from_array((rng.standard_normal(channels) * 0.1).astype(np.float32), f"b{i}"),
         ]
         output = "output" if i == convs - 1 else f"relu{i}"
-        nodes += [helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"conv{i}"], [output])]
+        nodes += [
+            helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"conv{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"conv{i}"], [output]),
+        ]
         previous, cin = output, channels
     graph = helper.make_graph(
         nodes,
@@ -45,7 +49,11 @@ def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
 def candidate_loads(device) -> list[int]:
     """Per emulated server, the tuning candidates its log shows it loaded (one per measurement there)."""
     return [
-        sum(1 for line in log.read_text().splitlines() if "load_module" in line and line.rstrip().endswith(f"/{CANDIDATE_FILE}"))
+        sum(
+            1
+            for line in log.read_text().splitlines()
+            if "load_module" in line and line.rstrip().endswith(f"/{CANDIDATE_FILE}")
+        )
         for log in sorted(device.run_dir.glob("server-*.log"))
     ]
 
@@ -91,10 +99,14 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
 def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path):
     model, address = gated_net(), RPCAddress.parse(emulated_device.rpc_address)
     loads_before = candidate_loads(emulated_device)
-    summary = tune(model, resolve_target("arm_cpu"), tmp_path / "tuning", trials=2, rpc_address=address, passes="default,featreg")
+    summary = tune(
+        model, resolve_target("arm_cpu"), tmp_path / "tuning", trials=2, rpc_address=address, passes="default,featreg"
+    )
     assert (summary.measured, summary.failed) == (2, 0) and summary.tasks[0].best_ms > 0
     assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [2]
-    artefact = compile_model(model, "arm_cpu", passes="default,featreg", tuning_db=tmp_path / "tuning").save(tmp_path / "build")
+    artefact = compile_model(model, "arm_cpu", passes="default,featreg", tuning_db=tmp_path / "tuning").save(
+        tmp_path / "build"
+    )
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
 
@@ -103,7 +115,13 @@ def test_two_devices_under_one_key_both_measure(monkeypatch, tmp_path):
     port = free_port(count=3)  # the tracker's, then two servers'
     farm = set_up_device(port, port + 1)
     with farm.running(n_servers=2):
-        summary = tune(conv_net(1), resolve_target("arm_cpu"), tmp_path / "tuning", trials=4, rpc_address=RPCAddress.parse(farm.rpc_address))
+        summary = tune(
+            conv_net(1),
+            resolve_target("arm_cpu"),
+            tmp_path / "tuning",
+            trials=4,
+            rpc_address=RPCAddress.parse(farm.rpc_address),
+        )
         loads = candidate_loads(farm)
     assert (summary.measured, summary.failed) == (4, 0)
     assert sum(loads) == 4 and len(loads) == 2 and min(loads) > 0, loads
@@ -129,7 +147,11 @@ def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     assert (summary.measured, summary.failed) == (4, 0) and len(summary.tasks) == 2
     result = run_tool("compile", model_path, "--target", "llvm", "--tuning-db", tuning_dir, "-o", tmp_path / "build")
     assert result.returncode == 0, result.stderr
-    assert "tuned schedules from" in result.stdout and ": 2 functions" in result.stdout and "convs in NCHW" in result.stdout
+    assert (
+        "tuned schedules from" in result.stdout
+        and ": 2 functions" in result.stdout
+        and "convs in NCHW" in result.stdout
+    )
     run = run_tool("run", tmp_path / "build", "--check")
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
@@ -140,7 +162,9 @@ def test_the_summary_tells_each_tasks_rate_and_the_kernels_time_a_run(host_tunin
     # conv_net(2): conv 3->8 then 8->8, 3x3 on 12x12, each with its bias add and relu (an op a value each).
     conv_flop = [2 * 12 * 12 * 8 * cin * 9 + 2 * 12 * 12 * 8 for cin in (3, 8)]
     assert sorted(task.flop for task in summary.tasks) == conv_flop
-    assert all(task.calls == 1 and task.gflops == pytest.approx(task.flop / task.best_ms / 1e6) for task in summary.tasks)
+    assert all(
+        task.calls == 1 and task.gflops == pytest.approx(task.flop / task.best_ms / 1e6) for task in summary.tasks
+    )
     assert summary.model_ms() == pytest.approx(sum(task.best_ms for task in summary.tasks))
 
 
@@ -170,7 +194,11 @@ def test_dense_convs_are_tuned_and_built_in_nhwc(tmp_path):
 
 @pytest.mark.parametrize(
     ("record", "message"),
-    [('{"conv2d": "NCHW16c"}', r"unknown conv2d layout 'NCHW16c' \(known: NCHW, NHWC\)"), ("NHWC", "not a conv layout record"), ("[]", "not a conv layout record")],
+    [
+        ('{"conv2d": "NCHW16c"}', r"unknown conv2d layout 'NCHW16c' \(known: NCHW, NHWC\)"),
+        ("NHWC", "not a conv layout record"),
+        ("[]", "not a conv layout record"),
+    ],
 )
 def test_a_bad_conv_layout_record_is_one_error_line(record, message, tmp_path):
     (tmp_path / CONV_LAYOUT_FILE).write_text(record)
@@ -184,7 +212,9 @@ def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     result = run_tool("tune", model_path, "--target", "llvm", "--trials", "2", "-o", tuning_dir)
     assert result.returncode == 0, result.stderr
     assert "measured 0 candidates on this host" in result.stdout
-    assert result.stdout.count(" GFLOP/s)") == 2 and "the tasks' best times, each timed alone, add up to" in result.stdout
+    assert (
+        result.stdout.count(" GFLOP/s)") == 2 and "the tasks' best times, each timed alone, add up to" in result.stdout
+    )
     assert database_records(tuning_dir) == records
 
 
@@ -236,7 +266,10 @@ def gated_net(channels: int = 16, size: int = 12) -> ir.Model:
     """Relu -> Conv 3x3: after the featreg pass one GatedConv, the only function to tune."""
     rng = np.random.default_rng(1)
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["gated"]), helper.make_node("Conv", ["gated", "w", "b"], ["output"], pads=[1, 1, 1, 1])],
+        [
+            helper.make_node("Relu", ["input"], ["gated"]),
+            helper.make_node("Conv", ["gated", "w", "b"], ["output"], pads=[1, 1, 1, 1]),
+        ],
         "gated_net",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, size, size])],
@@ -262,12 +295,20 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
     [records] = json.loads((tmp_path / "tuning" / SCHEDULES_FILE).read_text()).values()
     shape = GatedConvShape(1, 16, 16, 12, 12, (3, 3), pads=(1, 1, 1, 1))
     measured = [GatedConvSchedule(**record["schedule"]) for record in records]
-    assert measured[0] == default_schedule(shape, spec.target) and set(measured) <= set(schedule_space(shape, spec.target))
+    assert measured[0] == default_schedule(shape, spec.target) and set(measured) <= set(
+        schedule_space(shape, spec.target)
+    )
     assert min(record["ms"] for record in records) == pytest.approx(summary.tasks[0].best_ms)
 
     fastest = min(records, key=lambda record: record["ms"])["schedule"]
     built_with, make_kernel = [], relax_import.gated_conv2d
-    monkeypatch.setattr(relax_import, "gated_conv2d", lambda shape, threshold, schedule, target: built_with.append(schedule) or make_kernel(shape, threshold, schedule, target))
+    monkeypatch.setattr(
+        relax_import,
+        "gated_conv2d",
+        lambda shape, threshold, schedule, target: (
+            built_with.append(schedule) or make_kernel(shape, threshold, schedule, target)
+        ),
+    )
     tuned = compile_model(model, "llvm", passes="default,featreg", tuning_db=tmp_path / "tuning")
     assert built_with == [GatedConvSchedule(**fastest)]
     assert_matches_onnxruntime(model, tuned.run)
@@ -276,17 +317,43 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
 def test_an_unreachable_tracker_is_one_error_line(tmp_path):
     model = save_model(conv_net(1), tmp_path / "conv.onnx")
     port = free_port()
-    result = run_tool("tune", model, "--target", "arm_cpu", "--rpc", f"127.0.0.1:{port}:arm64-qemu", "--trials", "2", "-o", tmp_path / "tuning")
+    result = run_tool(
+        "tune",
+        model,
+        "--target",
+        "arm_cpu",
+        "--rpc",
+        f"127.0.0.1:{port}:arm64-qemu",
+        "--trials",
+        "2",
+        "-o",
+        tmp_path / "tuning",
+    )
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"error: RPC tracker at 127.0.0.1:{port} does not answer (Connection refused)"]
+    assert result.stderr.splitlines() == [
+        f"error: RPC tracker at 127.0.0.1:{port} does not answer (Connection refused)"
+    ]
 
 
 def test_a_key_no_device_serves_is_one_error_line(emulated_device, tmp_path):
     model = save_model(conv_net(1), tmp_path / "conv.onnx")
     tracker = emulated_device.rpc_address.rsplit(":", 1)[0]
-    result = run_tool("tune", model, "--target", "arm_cpu", "--rpc", f"{tracker}:pixel-farm", "--trials", "2", "-o", tmp_path / "tuning")
+    result = run_tool(
+        "tune",
+        model,
+        "--target",
+        "arm_cpu",
+        "--rpc",
+        f"{tracker}:pixel-farm",
+        "--trials",
+        "2",
+        "-o",
+        tmp_path / "tuning",
+    )
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"error: RPC tracker at {tracker} has no device with key 'pixel-farm' (keys: arm64-qemu)"]
+    assert result.stderr.splitlines() == [
+        f"error: RPC tracker at {tracker} has no device with key 'pixel-farm' (keys: arm64-qemu)"
+    ]
 
 
 @pytest.mark.parametrize(

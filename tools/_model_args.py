@@ -30,7 +30,10 @@ def pass_options(args: argparse.Namespace) -> dict:
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
         if given and pass_name not in expand_pass_names(args.passes):
             named = " and ".join(f"--{flag.replace('_', '-')}" for flag in flags)
-            raise EdgesparseError(f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it with --passes default,{pass_name}")
+            raise EdgesparseError(
+                f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it "
+                f"with --passes default,{pass_name}"
+            )
         if given:
             options[pass_name] = given
     return options
@@ -40,15 +43,51 @@ def add_model_arguments(parser: argparse.ArgumentParser, targets: tuple[str, ...
     """The model file, --target/--device, and the pass options (--passes, --plugin, ...)."""
     parser.add_argument("model", help="an .onnx file (opset 13+, older ones are upgraded)")
     parser.add_argument("--target", required=True, help=f"one of {', '.join(targets)}")
-    parser.add_argument("--device", help="TVM target tag: an aarch64 board for arm_cpu/mali (default arm/rasp4b64), an sm_XX arch or nvidia/... tag for cuda")
-    parser.add_argument("--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline")
-    parser.add_argument("--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)")
-    parser.add_argument("--input-shape", action="append", default=[], type=parse_shape, help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)")
-    parser.add_argument("--sparsity", type=float, help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)")
-    parser.add_argument("--calibrate", help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds")
-    parser.add_argument("--min-sparsity", type=float, help="featreg: a calibrated conv sparser than this takes the gated kernel, others stay dense (default: the measured break-even, 0.35)")
-    parser.add_argument("--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep")
-    parser.add_argument("--debug", action="store_true", help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it")
+    parser.add_argument(
+        "--device",
+        help=(
+            "TVM target tag: an aarch64 board for arm_cpu/mali (default arm/rasp4b64), an sm_XX arch or "
+            "nvidia/... tag for cuda"
+        ),
+    )
+    parser.add_argument(
+        "--passes", default="default", help="comma-separated pass names; 'default' is the clean-up pipeline"
+    )
+    parser.add_argument(
+        "--plugin", action="append", default=[], help="a module or .py file that registers passes (repeatable)"
+    )
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        type=parse_shape,
+        help="NAME=D0,D1,... fixes a symbolic input shape (repeatable)",
+    )
+    parser.add_argument(
+        "--sparsity",
+        type=float,
+        help="featreg: the sparsity level whose thresholds to use (from the model's metadata, or calibrated)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        help="featreg: photos or .npz samples (a directory or one .npz) to measure sparsity and calibrate thresholds",
+    )
+    parser.add_argument(
+        "--min-sparsity",
+        type=float,
+        help=(
+            "featreg: a calibrated conv sparser than this takes the gated kernel, others stay dense (default: "
+            "the measured break-even, 0.35)"
+        ),
+    )
+    parser.add_argument(
+        "--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="after every pass: ONNX checker + ONNX Runtime comparison with the model before it",
+    )
     parser.add_argument("--list-passes", action="store_true", help="print the registered pass names and exit")
 
 

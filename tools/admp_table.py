@@ -49,10 +49,14 @@ def measure(config: Config, out: Path, shared: Path) -> tuple[dict, list[Compile
     metrics = Experiment(config, out, shared).run()
     builds = [compiled(out / "teacher.onnx"), compiled(out / "student.onnx")]
     entry = {
-        "source": config.source, "target": config.target, "ratio": config.ratio,
-        "target_acc": metrics["target_acc"], "kept_channel_ratio": metrics["kept_channel_ratio"],
-        "params": [build.report["params_after"] for build in builds], "macs": [build.report["macs_after"] for build in builds],
-    }  # fmt: skip
+        "source": config.source,
+        "target": config.target,
+        "ratio": config.ratio,
+        "target_acc": metrics["target_acc"],
+        "kept_channel_ratio": metrics["kept_channel_ratio"],
+        "params": [build.report["params_after"] for build in builds],
+        "macs": [build.report["macs_after"] for build in builds],
+    }
     return entry, builds
 
 
@@ -71,11 +75,14 @@ def time_builds(builds: list[CompileResult], rounds: int = 3) -> list[float]:
 def row(entry: dict) -> list[str]:
     before_after = lambda pair, form: f"{form(pair[0])} -> {form(pair[1])}"  # noqa: E731
     return [
-        f"{entry['source']} -> {entry['target']}", f"{entry['ratio']:.0%}",
-        *(f"{entry['target_acc'][method]:.1%}" for method in METHODS), f"{entry['kept_channel_ratio']:.1%}",
-        before_after(entry["params"], "{:,}".format), before_after(entry["macs"], lambda macs: f"{macs / 1e6:.2f}M"),
+        f"{entry['source']} -> {entry['target']}",
+        f"{entry['ratio']:.0%}",
+        *(f"{entry['target_acc'][method]:.1%}" for method in METHODS),
+        f"{entry['kept_channel_ratio']:.1%}",
+        before_after(entry["params"], "{:,}".format),
+        before_after(entry["macs"], lambda macs: f"{macs / 1e6:.2f}M"),
         before_after(entry["llvm_ms"], "{:.3f}".format),
-    ]  # fmt: skip
+    ]
 
 
 def markdown(entries: list[dict]) -> str:
@@ -85,7 +92,9 @@ def markdown(entries: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", default="mnist:sklearn-digits,sklearn-digits:mnist", help="comma-separated SOURCE:TARGET pairs")
+    parser.add_argument(
+        "--pairs", default="mnist:sklearn-digits,sklearn-digits:mnist", help="comma-separated SOURCE:TARGET pairs"
+    )
     parser.add_argument("--ratios", default="0.3,0.5,0.6,0.7", help="comma-separated pruned fractions")
     parser.add_argument("--epochs", type=int, help="override Config.epochs (and admp-epochs) for a quick table")
     parser.add_argument("-o", "--output", required=True, help="directory of the runs and the table")
@@ -95,7 +104,11 @@ def main() -> int:
     os.environ.setdefault("TVM_NUM_THREADS", "1")
     overrides = {"epochs": args.epochs, "admp_epochs": args.epochs} if args.epochs else {}
     # Every configuration checked before the first one trains.
-    configs = [Config(*parse_pair(pair), ratio=float(ratio), **overrides) for pair in args.pairs.split(",") for ratio in args.ratios.split(",")]
+    configs = [
+        Config(*parse_pair(pair), ratio=float(ratio), **overrides)
+        for pair in args.pairs.split(",")
+        for ratio in args.ratios.split(",")
+    ]
     out = Path(args.output)
     entries, builds = [], []
     for config in configs:

@@ -65,7 +65,15 @@ def models_section(args: argparse.Namespace) -> None:
     for name, model in tqdm(bench_models().items(), desc="models", unit="model"):
         result = compile_model(model, "llvm")
         tvm_ms, ort_ms = latencies_ms(result, random_inputs(result.optimized), args)
-        rows.append([name, f"{result.report['macs_after'] / 1e6:.1f}", f"{tvm_ms:.3f}", f"{ort_ms:.3f}", f"{tvm_ms / ort_ms:.2f}"])
+        rows.append(
+            [
+                name,
+                f"{result.report['macs_after'] / 1e6:.1f}",
+                f"{tvm_ms:.3f}",
+                f"{ort_ms:.3f}",
+                f"{tvm_ms / ort_ms:.2f}",
+            ]
+        )
     print_table("TVM llvm (untuned) vs ONNX Runtime, batch 1", ["model", "MMACs", "TVM ms", "ORT ms", "TVM/ORT"], rows)
 
 
@@ -75,7 +83,10 @@ def timings(result, inputs: dict, args: argparse.Namespace, *other_executables) 
     from edgesparse.backends.timing import interleaved_timings, onnxruntime_timer, tvm_timer
 
     arrays = list(inputs.values())
-    timers = [tvm_timer(result.build.executable, arrays, number=args.number), onnxruntime_timer(result.optimized, inputs, number=args.number)]
+    timers = [
+        tvm_timer(result.build.executable, arrays, number=args.number),
+        onnxruntime_timer(result.optimized, inputs, number=args.number),
+    ]
     timers += [tvm_timer(executable, arrays, number=args.number) for executable in other_executables]
     return interleaved_timings(timers, args.repeat)
 
@@ -109,15 +120,40 @@ def strip_section(args: argparse.Namespace) -> None:
         inputs = random_inputs(masked)
         masked_result = compile_model(masked, "llvm", passes="shape-inference")
         stripped_result = compile_model(masked, "llvm", passes="strip-channels")
-        (tvm_masked, ort_masked), (tvm_stripped, ort_stripped) = (latencies_ms(result, inputs, args) for result in (masked_result, stripped_result))
+        (tvm_masked, ort_masked), (tvm_stripped, ort_stripped) = (
+            latencies_ms(result, inputs, args) for result in (masked_result, stripped_result)
+        )
         report = stripped_result.report
-        rows.append([
-            name, f"{ratio:.0%}", f"{pruned:.0%}", f"{report['macs_before'] / 1e6:.2f}", f"{report['macs_after'] / 1e6:.2f}",
-            f"{report['macs_before'] / report['macs_after']:.2f}x",
-            f"{tvm_masked:.3f}", f"{tvm_stripped:.3f}", f"{tvm_masked / tvm_stripped:.2f}x",
-            f"{ort_masked:.3f}", f"{ort_stripped:.3f}", f"{ort_masked / ort_stripped:.2f}x",
-        ])  # fmt: skip
-    header = ["model", "ratio", "pruned", "MMACs masked", "stripped", "MACs speed-up", "TVM masked ms", "stripped", "speed-up", "ORT masked ms", "stripped", "speed-up"]
+        rows.append(
+            [
+                name,
+                f"{ratio:.0%}",
+                f"{pruned:.0%}",
+                f"{report['macs_before'] / 1e6:.2f}",
+                f"{report['macs_after'] / 1e6:.2f}",
+                f"{report['macs_before'] / report['macs_after']:.2f}x",
+                f"{tvm_masked:.3f}",
+                f"{tvm_stripped:.3f}",
+                f"{tvm_masked / tvm_stripped:.2f}x",
+                f"{ort_masked:.3f}",
+                f"{ort_stripped:.3f}",
+                f"{ort_masked / ort_stripped:.2f}x",
+            ]
+        )
+    header = [
+        "model",
+        "ratio",
+        "pruned",
+        "MMACs masked",
+        "stripped",
+        "MACs speed-up",
+        "TVM masked ms",
+        "stripped",
+        "speed-up",
+        "ORT masked ms",
+        "stripped",
+        "speed-up",
+    ]
     print_table("strip-channels: masked vs stripped, batch 1 (TVM llvm untuned, ONNX Runtime)", header, rows)
 
 
@@ -178,7 +214,9 @@ def gated_section(args: argparse.Namespace) -> None:
             ]
         )
     header = ["sparsity", "MAC ratio", "gated ms", "ORT dense ms", "TVM dense ms", "vs ORT", "vs TVM"]
-    print_table("GatedConv 3x3 64->64, 1x64x128x128, llvm (TVM dense: untuned default pipeline, timed once)", header, rows)
+    print_table(
+        "GatedConv 3x3 64->64, 1x64x128x128, llvm (TVM dense: untuned default pipeline, timed once)", header, rows
+    )
     print(f"break-even with ONNX Runtime: {_break_even(list(features), ort_ratios)}")
 
 
@@ -218,29 +256,62 @@ def tuned_section(args: argparse.Namespace) -> None:
     from edgesparse.backends.targets import resolve_target
     from edgesparse.backends.tuning import tune
 
-    print(f"this host's float32 matmul (numpy's BLAS, {MATMUL_SIZE}x{MATMUL_SIZE}, every core): {matmul_gflops():.0f} GFLOP/s")
+    print(
+        f"this host's float32 matmul (numpy's BLAS, {MATMUL_SIZE}x{MATMUL_SIZE}, every core): "
+        f"{matmul_gflops():.0f} GFLOP/s"
+    )
     rows = []
     for name, model in bench_models().items():
         if name not in TUNED_MODELS:
             continue
         summary = tune(model, resolve_target("llvm"), args.tuning_dir / name, args.trials)
         result = compile_model(model, "llvm", tuning_db=summary.work_dir)
-        tuned, ort, untuned = timings(result, random_inputs(result.optimized), args, compile_model(model, "llvm").build.executable)
+        tuned, ort, untuned = timings(
+            result, random_inputs(result.optimized), args, compile_model(model, "llvm").build.executable
+        )
         flops = 2 * result.report["macs_after"]
-        rows.append([
-            name, f"{len(result.build.tuned_functions)}/{len(summary.tasks)}", str(sum(task.trials for task in summary.tasks)),
-            f"{untuned.median_ms:.3f}", f"{tuned.median_ms:.3f}", f"{summary.model_ms() or math.nan:.3f}", f"{ort.median_ms:.3f}",
-            f"{untuned.median_ms / tuned.median_ms:.1f}x", f"{tuned.median_ms / ort.median_ms:.2f}",
-            f"{tuned.fastest_block_ms:.3f}", f"{ort.fastest_block_ms:.3f}", f"{tuned.fastest_block_ms / ort.fastest_block_ms:.2f}",
-            f"{flops / tuned.median_ms / 1e6:.0f}", f"{flops / ort.median_ms / 1e6:.0f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{len(result.build.tuned_functions)}/{len(summary.tasks)}",
+                str(sum(task.trials for task in summary.tasks)),
+                f"{untuned.median_ms:.3f}",
+                f"{tuned.median_ms:.3f}",
+                f"{summary.model_ms() or math.nan:.3f}",
+                f"{ort.median_ms:.3f}",
+                f"{untuned.median_ms / tuned.median_ms:.1f}x",
+                f"{tuned.median_ms / ort.median_ms:.2f}",
+                f"{tuned.fastest_block_ms:.3f}",
+                f"{ort.fastest_block_ms:.3f}",
+                f"{tuned.fastest_block_ms / ort.fastest_block_ms:.2f}",
+                f"{flops / tuned.median_ms / 1e6:.0f}",
+                f"{flops / ort.median_ms / 1e6:.0f}",
+            ]
+        )
     # Medians of all timings, then of each runtime's fastest block (Timings.fastest_block_ms). "kernels
     # alone": the tasks' best times in the database, each kernel timed alone when it was tuned.
     header = [
-        "model", "tuned tasks", "trials", "untuned ms", "tuned ms", "kernels alone ms", "ORT ms", "tuning speed-up", "tuned/ORT",
-        "tuned fastest-block ms", "ORT fastest-block ms", "tuned/ORT fastest blocks", "tuned GFLOP/s", "ORT GFLOP/s",
-    ]  # fmt: skip
-    print_table(f"TVM llvm tuned (MetaSchedule, up to {args.trials} trials a model, {args.tuning_dir}) vs untuned vs ONNX Runtime, batch 1", header, rows)
+        "model",
+        "tuned tasks",
+        "trials",
+        "untuned ms",
+        "tuned ms",
+        "kernels alone ms",
+        "ORT ms",
+        "tuning speed-up",
+        "tuned/ORT",
+        "tuned fastest-block ms",
+        "ORT fastest-block ms",
+        "tuned/ORT fastest blocks",
+        "tuned GFLOP/s",
+        "ORT GFLOP/s",
+    ]
+    print_table(
+        f"TVM llvm tuned (MetaSchedule, up to {args.trials} trials a model, {args.tuning_dir}) vs untuned vs "
+        "ONNX Runtime, batch 1",
+        header,
+        rows,
+    )
 
 
 FEATREG_NET_LEVELS = (0.6, 0.8, 0.9, 0.95)
@@ -262,7 +333,9 @@ def featreg_net_section(args: argparse.Namespace) -> None:
     from edgesparse.frontends.torch_frontend import from_torch
 
     torch.manual_seed(0)
-    model = from_torch(FeatRegEDSR(width=64).eval(), torch.rand(1, 3, 128, 128), input_names=["input"], output_names=["output"])
+    model = from_torch(
+        FeatRegEDSR(width=64).eval(), torch.rand(1, 3, 128, 128), input_names=["input"], output_names=["output"]
+    )
     rng = np.random.default_rng(0)
     inputs = {"input": rng.random((1, 3, 128, 128), dtype=np.float32)}
     dense = compile_model(model, "llvm")
@@ -278,12 +351,32 @@ def featreg_net_section(args: argparse.Namespace) -> None:
             gated_ms = tvm_latency_ms(gated.build.executable, [inputs["input"]], number=args.number, repeat=args.repeat)
             report = gated.report
             measured = np.mean([layer["input_sparsity"] for layer in report["layers"]])
-            rows.append([
-                f"{level:.0%}", f"{measured:.1%}", f"{report['macs_after'] / 1e9:.2f}", f"{report['macs_effective'] / 1e9:.2f}",
-                f"{report['macs_after'] / report['macs_effective']:.1f}x", f"{gated_ms:.1f}", f"{ort_ms:.1f}", f"{tvm_dense_ms:.1f}",
-                f"{ort_ms / gated_ms:.2f}x", f"{tvm_dense_ms / gated_ms:.1f}x",
-            ])  # fmt: skip
-    header = ["level", "measured", "GMACs dense", "effective", "MAC ratio", "gated ms", "ORT dense ms", "TVM dense ms", "vs ORT", "vs TVM"]
+            rows.append(
+                [
+                    f"{level:.0%}",
+                    f"{measured:.1%}",
+                    f"{report['macs_after'] / 1e9:.2f}",
+                    f"{report['macs_effective'] / 1e9:.2f}",
+                    f"{report['macs_after'] / report['macs_effective']:.1f}x",
+                    f"{gated_ms:.1f}",
+                    f"{ort_ms:.1f}",
+                    f"{tvm_dense_ms:.1f}",
+                    f"{ort_ms / gated_ms:.2f}x",
+                    f"{tvm_dense_ms / gated_ms:.1f}x",
+                ]
+            )
+    header = [
+        "level",
+        "measured",
+        "GMACs dense",
+        "effective",
+        "MAC ratio",
+        "gated ms",
+        "ORT dense ms",
+        "TVM dense ms",
+        "vs ORT",
+        "vs TVM",
+    ]
     print_table("FeatReg EDSR x2 (64 ch, 4 blocks) 1x3x128x128, llvm: gated build vs dense", header, rows)
 
 
@@ -291,9 +384,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of: {', '.join(SECTIONS)}")
     parser.add_argument("--number", type=int, default=10, help="calls per timing")
-    parser.add_argument("--repeat", type=int, default=5, help="timings per figure, taken in turn with those of the figures it is compared with (the median is shown; the tuned section also shows each runtime's fastest block of them)")
-    parser.add_argument("--tuning-dir", type=Path, default=Path("build/tuning"), help="tuned: the tuning directories, one per model (kept and resumed)")
-    parser.add_argument("--trials", type=int, default=1000, help="tuned: MetaSchedule trials a model (a round per task, the rest by measured time)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help=(
+            "timings per figure, taken in turn with those of the figures it is compared with (the median is "
+            "shown; the tuned section also shows each runtime's fastest block of them)"
+        ),
+    )
+    parser.add_argument(
+        "--tuning-dir",
+        type=Path,
+        default=Path("build/tuning"),
+        help="tuned: the tuning directories, one per model (kept and resumed)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=1000,
+        help="tuned: MetaSchedule trials a model (a round per task, the rest by measured time)",
+    )
     args = parser.parse_args()
     threads = use_all_cores()
     print(f"threads: {threads} (TVM_NUM_THREADS and ONNX Runtime intra-op)")

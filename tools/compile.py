@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Compile an ONNX model: passes, then a TVM build for a target, written as an artefact directory.
 
-    python tools/compile.py model.onnx --target arm_cpu -o build/
-    python tools/compile.py model.onnx --target llvm --passes default,my-pass --plugin my_passes.py -o build/
-    python tools/compile.py model.onnx --target llvm --passes default,strip-channels --masks masks.json -o build/
-    python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build/    # after tools/tune.py
+python tools/compile.py model.onnx --target arm_cpu -o build/
+python tools/compile.py model.onnx --target llvm --passes default,my-pass --plugin my_passes.py -o build/
+python tools/compile.py model.onnx --target llvm --passes default,strip-channels --masks masks.json -o build/
+python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build/    # after tools/tune.py
 """
 
 from __future__ import annotations
@@ -21,22 +21,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="artefact directory (model.onnx, model.so, report.json)")
-    parser.add_argument("--tuning-db", help="a tuning directory written by tools/tune.py: the functions tuned there get their tuned schedules")
+    parser.add_argument(
+        "--tuning-db",
+        help="a tuning directory written by tools/tune.py: the functions tuned there get their tuned schedules",
+    )
     args = parser.parse_args()
 
     model = load_model(args)
     if model is None:
         return 0
     result = compile_model(
-        model, args.target, device=args.device, passes=args.passes, debug=args.debug, pass_options=pass_options(args), tuning_db=args.tuning_db
+        model,
+        args.target,
+        device=args.device,
+        passes=args.passes,
+        debug=args.debug,
+        pass_options=pass_options(args),
+        tuning_db=args.tuning_db,
     )
     artefact = result.save(args.output)
     report = result.report
     print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))
     print(f"passes {', '.join(report['passes'])}")
-    print(f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> {report['params_after']:,}")
+    print(
+        f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> "
+        f"{report['params_after']:,}"
+    )
     if args.tuning_db:
-        print(f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions ({', '.join(report['tuned_functions']) or 'none matched'}), convs in {report['conv_layout']}")
+        print(
+            f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions "
+            f"({', '.join(report['tuned_functions']) or 'none matched'}), convs in {report['conv_layout']}"
+        )
     print(f"wrote {artefact.directory}/: {', '.join(sorted(path.name for path in artefact.directory.iterdir()))}")
     return 0
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run a compiled artefact directory on this host or on a device through an RPC tracker.
 
-    python tools/run.py build/ --inputs x.npz -o y.npz
-    python tools/run.py build/ --rpc 127.0.0.1:9190:arm64-qemu --check
+python tools/run.py build/ --inputs x.npz -o y.npz
+python tools/run.py build/ --rpc 127.0.0.1:9190:arm64-qemu --check
 """
 
 from __future__ import annotations
@@ -53,10 +53,20 @@ def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artefact", help="a directory written by tools/compile.py")
-    parser.add_argument("--inputs", type=Path, help=".npz with one array per model input, by input name (default: seeded random inputs)")
+    parser.add_argument(
+        "--inputs", type=Path, help=".npz with one array per model input, by input name (default: seeded random inputs)"
+    )
     parser.add_argument("-o", "--output", type=Path, help=".npz to write the outputs to, by output name")
-    parser.add_argument("--rpc", type=RPCAddress.parse, help="HOST:PORT:KEY of an RPC tracker and device key (default: run on this host)")
-    parser.add_argument("--check", action="store_true", help="compare with ONNX Runtime on the artefact's model.onnx and print the max relative error")
+    parser.add_argument(
+        "--rpc",
+        type=RPCAddress.parse,
+        help="HOST:PORT:KEY of an RPC tracker and device key (default: run on this host)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with ONNX Runtime on the artefact's model.onnx and print the max relative error",
+    )
     args = parser.parse_args()
 
     set_tvm_threads()

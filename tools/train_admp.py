@@ -2,8 +2,8 @@
 """Prune a digit CNN for an unlabelled target domain with ADMP, next to its baselines.
 
     python tools/train_admp.py --source mnist --target sklearn-digits --ratio 0.6 -o build/admp/run/
-    python tools/train_admp.py --source sklearn-digits --target mnist --ratio 0.5 --no-adversarial -o build/admp/ablation/
-    python tools/compile.py build/admp/run/student.onnx --target arm_cpu --passes default,strip-channels -o build/admp/arm/
+    python tools/train_admp.py --source sklearn-digits --target mnist --ratio 0.5 --no-adversarial -o build/admp/abl/
+    python tools/compile.py build/admp/run/student.onnx --target arm_cpu --passes default,strip-channels -o build/arm/
 
 Writes student.onnx (the ADMP student, hard masks as per-channel Mul constants for strip-channels),
 teacher.onnx (the unpruned adapted teacher) and metrics.json (target accuracy of source_only, teacher,
@@ -41,26 +41,41 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=HELP.get(field.name))
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=field.default, help=HELP.get(field.name)
+            )
         elif field.default is dataclasses.MISSING:
             parser.add_argument(flag, required=True, help=HELP.get(field.name))
         else:
             convert = float if float in typing.get_args(kind) or kind is float else int
-            parser.add_argument(flag, type=convert, default=field.default, help=HELP.get(field.name, f"default {field.default}"))
+            parser.add_argument(
+                flag, type=convert, default=field.default, help=HELP.get(field.name, f"default {field.default}")
+            )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("-o", "--output", required=True, help="output directory (checkpoints, ONNX models, metrics.json)")
-    parser.add_argument("--shared-dir", help="where the source model and teacher are checkpointed, for runs that differ only in ADMP settings (default: --output)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="output directory (checkpoints, ONNX models, metrics.json)"
+    )
+    parser.add_argument(
+        "--shared-dir",
+        help=(
+            "where the source model and teacher are checkpointed, for runs that differ only in ADMP settings "
+            "(default: --output)"
+        ),
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machines are shared)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     config = Config(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Config)})
     metrics = Experiment(config, args.output, args.shared_dir).run()
-    print(f"{config.source} -> {config.target}, {config.ratio:.0%} of the channels pruned (kept {metrics['kept_channel_ratio']:.1%})")
+    print(
+        f"{config.source} -> {config.target}, {config.ratio:.0%} of the channels pruned (kept "
+        f"{metrics['kept_channel_ratio']:.1%})"
+    )
     for method in METHODS:
         print(f"  {method:<17} target accuracy {metrics['target_acc'][method]:.2%}")
     print(f"wrote {args.output}/: student.onnx, teacher.onnx, metrics.json")

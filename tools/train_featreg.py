@@ -3,9 +3,11 @@
 
     python tools/train_featreg.py --task sr --scale 2 --levels 0.6,0.8,0.9,0.95 -o out/
     python tools/train_featreg.py --task sr --scale 2 --dense -o out-dense/      # the dense baseline
-    python tools/train_featreg.py --task sr --scale 2 --init out-dense/ --steps 1200 --lr 2e-4 -o out/   # levels fine-tuned from it
+    # the levels fine-tuned from the dense baseline:
+    python tools/train_featreg.py --task sr --scale 2 --init out-dense/ --steps 1200 --lr 2e-4 -o out/
     python tools/train_featreg.py --task denoise --sigma 25 --levels 0.6,0.8,0.9,0.95 -o out/
-    python tools/train_featreg.py --task sr --scale 2 --export-levels 0.6,0.8,0.85,0.9,0.95 -o out/   # a finished run: re-export with a level between trained ones
+    # a finished run, re-exported with a level between trained ones:
+    python tools/train_featreg.py --task sr --scale 2 --export-levels 0.6,0.8,0.85,0.9,0.95 -o out/
 
 Writes out/checkpoint.pt (every --checkpoint-every steps; a rerun with the same -o resumes from it),
 out/model.onnx (gates in the form the featreg pass reads, every level's thresholds in its metadata) and
@@ -23,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _cli import run_main
 
 from edgesparse.backends.timing import onnxruntime_latency_ms
@@ -95,7 +96,13 @@ def tvm_check(model, controller: SparsityController, onnx_model, pair: TestPair)
             reference = model(torch.from_numpy(inputs)).numpy()
         output, gated_ms = tvm_output_and_latency(onnx_model, inputs, level)
         psnr_torch, psnr_tvm = pair.score(to_uint8(reference[0]))["psnr"], pair.score(to_uint8(output[0]))["psnr"]
-        figures["levels"][str(level)] = {"psnr_torch": psnr_torch, "psnr_tvm": psnr_tvm, "psnr_difference": abs(psnr_torch - psnr_tvm), "max_abs_difference": float(np.abs(output - reference).max()), "gated_ms": gated_ms}
+        figures["levels"][str(level)] = {
+            "psnr_torch": psnr_torch,
+            "psnr_tvm": psnr_tvm,
+            "psnr_difference": abs(psnr_torch - psnr_tvm),
+            "max_abs_difference": float(np.abs(output - reference).max()),
+            "gated_ms": gated_ms,
+        }
     return figures
 
 
@@ -105,11 +112,26 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="sr: the upscaling factor")
     parser.add_argument("--sigma", type=float, default=25.0, help="denoise: the noise std in 8-bit levels")
     parser.add_argument("--levels", default="0.6,0.8,0.9,0.95", help="the sparsity levels the one model serves")
-    parser.add_argument("--export-levels", help="the levels calibrated, measured and exported (default: --levels): a level between trained ones is served by the same weights, not trained for")
-    parser.add_argument("--dense", action="store_true", help="train the dense baseline instead: ReLU gates, no levels, no penalty")
+    parser.add_argument(
+        "--export-levels",
+        help=(
+            "the levels calibrated, measured and exported (default: --levels): a level between trained ones is "
+            "served by the same weights, not trained for"
+        ),
+    )
+    parser.add_argument(
+        "--dense", action="store_true", help="train the dense baseline instead: ReLU gates, no levels, no penalty"
+    )
     parser.add_argument("--width", type=int, default=32, help="channels of the hidden features")
     parser.add_argument("--blocks", type=int, default=4, help="sr: residual blocks")
-    parser.add_argument("--no-image-skip", action="store_true", help="no bicubic upscale of the input added to the output (sr: EDSR's plain layout) / no learned smoothing of the input for the noise to be taken from (denoise: DnCNN's plain layout)")
+    parser.add_argument(
+        "--no-image-skip",
+        action="store_true",
+        help=(
+            "no bicubic upscale of the input added to the output (sr: EDSR's plain layout) / no learned "
+            "smoothing of the input for the noise to be taken from (denoise: DnCNN's plain layout)"
+        ),
+    )
     parser.add_argument("--depth", type=int, default=10, help="denoise: conv layers")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
@@ -117,8 +139,19 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--reg", choices=("hoyer", "l1"), default="hoyer", help="the FeatReg penalty")
     parser.add_argument("--reg-weight", type=float, default=0.01, help="the penalty's weight (0: none)")
-    parser.add_argument("--init", type=Path, help="start from the weights of another run's directory (e.g. the dense baseline's: sparsity fine-tuning) or of a model.onnx this tool wrote (e.g. models/featreg-sr-x2.onnx: more training)")
-    parser.add_argument("--freeze-batchnorm", action="store_true", help="keep the BatchNorm running statistics of --init's model while training levels (denoise)")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help=(
+            "start from the weights of another run's directory (e.g. the dense baseline's: sparsity "
+            "fine-tuning) or of a model.onnx this tool wrote (e.g. models/featreg-sr-x2.onnx: more training)"
+        ),
+    )
+    parser.add_argument(
+        "--freeze-batchnorm",
+        action="store_true",
+        help="keep the BatchNorm running statistics of --init's model while training levels (denoise)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--skip-tvm", action="store_true", help="leave the TVM check and timing out of metrics.json")
@@ -137,32 +170,64 @@ def main() -> int:
     args.output.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    model = build_net(args.task, scale=args.scale, width=args.width, blocks=args.blocks, depth=args.depth, image_skip=not args.no_image_skip)
+    model = build_net(
+        args.task,
+        scale=args.scale,
+        width=args.width,
+        blocks=args.blocks,
+        depth=args.depth,
+        image_skip=not args.no_image_skip,
+    )
     low_patch = args.patch // degradation.scale_factor
     controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, low_patch, low_patch)), levels)
     if args.init is not None:
         load_initial_weights(model, args.init)
     sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
     config = TrainConfig(
-        steps=args.steps, lr=args.lr, reg_weight=0.0 if args.dense else args.reg_weight, reg_kind=args.reg,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, freeze_batchnorm=args.freeze_batchnorm,
-    )  # fmt: skip
+        steps=args.steps,
+        lr=args.lr,
+        reg_weight=0.0 if args.dense else args.reg_weight,
+        reg_kind=args.reg,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        freeze_batchnorm=args.freeze_batchnorm,
+    )
     log = train(model, controller, sampler, config, args.output)
     # The exported levels are each calibrated below (training's running thresholds are not kept).
     controller = controller.with_levels(export_levels)
 
     calibration, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 1)
     check, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 2)
-    metrics = {"args": {key: str(value) for key, value in vars(args).items()}, "task": task, "training_log_tail": log[-10:]}
+    metrics = {
+        "args": {key: str(value) for key, value in vars(args).items()},
+        "task": task,
+        "training_log_tail": log[-10:],
+    }
     metrics["controller"] = controller_check(model, controller, calibration, check)
     onnx_model = export_onnx(model, controller, task)
     save_onnx(onnx_model, args.output / "model.onnx")
-    metrics["test"] = {str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in controller.levels or [None]}
+    metrics["test"] = {
+        str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in controller.levels or [None]
+    }
     if not args.skip_tvm:
         first = next(iter(test.values()))
-        metrics["tvm"] = tvm_check(model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0))
+        metrics["tvm"] = tvm_check(
+            model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0)
+        )
     (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps({level: {"psnr": figures["model"]["psnr"], "sparsity": figures["sparsity"]["mean"], "macs_effective": figures["macs_effective"]} for level, figures in metrics["test"].items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                level: {
+                    "psnr": figures["model"]["psnr"],
+                    "sparsity": figures["sparsity"]["mean"],
+                    "macs_effective": figures["macs_effective"],
+                }
+                for level, figures in metrics["test"].items()
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.output}/: checkpoint.pt, model.onnx, metrics.json")
     return 0
 

@@ -25,10 +25,29 @@ from edgesparse.backends.tuning import SESSION_TIMEOUT_S, TUNABLE_TARGETS, tune
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, TUNABLE_TARGETS)
-    parser.add_argument("-o", "--output", required=True, help="tuning directory: the MetaSchedule database (kept and resumed) and its logs")
-    parser.add_argument("--trials", type=int, required=True, help="candidates to measure in all: a search round per task, the rest by the tasks' measured time per run")
-    parser.add_argument("--rpc", type=RPCAddress.parse, help="HOST:PORT:KEY of the RPC tracker and the board's key (default: measure on this host)")
-    parser.add_argument("--session-timeout", type=float, default=SESSION_TIMEOUT_S, help="seconds one candidate may take on the board (upload, load, runs)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="tuning directory: the MetaSchedule database (kept and resumed) and its logs",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="candidates to measure in all: a search round per task, the rest by the tasks' measured time per run",
+    )
+    parser.add_argument(
+        "--rpc",
+        type=RPCAddress.parse,
+        help="HOST:PORT:KEY of the RPC tracker and the board's key (default: measure on this host)",
+    )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=SESSION_TIMEOUT_S,
+        help="seconds one candidate may take on the board (upload, load, runs)",
+    )
     args = parser.parse_args()
 
     model = load_model(args)
@@ -47,7 +66,10 @@ def main() -> int:
         session_timeout_s=args.session_timeout,
     )
     where = f"device {args.rpc}" if args.rpc else "this host"
-    print(f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for {summary.target.attrs['num-cores']} cores, convs in {summary.conv_layout}")
+    print(
+        f"measured {summary.measured} candidates on {where} ({summary.failed} failed), tuned for "
+        f"{summary.target.attrs['num-cores']} cores, convs in {summary.conv_layout}"
+    )
     for task in summary.tasks:
         best = f"{task.best_ms:.4f} ms" if task.best_ms is not None else "no successful candidate"
         rate = f" ({task.gflops:.0f} GFLOP/s)" if task.gflops is not None else ""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write one of the built-in example CNNs (seeded random weights) as an ONNX file.
 
-    python tools/zoo.py tiny -o build/tiny.onnx
+python tools/zoo.py tiny -o build/tiny.onnx
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """ADMM for the {0, 1} mask constraint: auxiliary binary z, projection with a fixed count, dual update.
 
-    min_s L(s)  s.t. s in S = {z in {0, 1}^C : sum(z) = keep}
-    s-step:  gradient steps on L(s) + rho/2 * ||s - z + u||^2   (:meth:`ADMM.penalty`)
-    z-step:  z = Proj_S(s + u): ones at the ``keep`` largest entries  (:meth:`ADMM.step`)
-    u-step:  u = u + s - z
+min_s L(s)  s.t. s in S = {z in {0, 1}^C : sum(z) = keep}
+s-step:  gradient steps on L(s) + rho/2 * ||s - z + u||^2   (:meth:`ADMM.penalty`)
+z-step:  z = Proj_S(s + u): ones at the ``keep`` largest entries  (:meth:`ADMM.step`)
+u-step:  u = u + s - z
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class ADMM:
         self.dual = {name: torch.zeros_like(mask.hard) for name, mask in masks.items()}
 
     def penalty(self) -> torch.Tensor:
-        return sum(self.rho / 2 * (mask.soft() - mask.hard + self.dual[name]).pow(2).sum() for name, mask in self.masks.items())
+        return sum(
+            self.rho / 2 * (mask.soft() - mask.hard + self.dual[name]).pow(2).sum() for name, mask in self.masks.items()
+        )
 
     @torch.no_grad()
     def step(self) -> None:

@@ -60,7 +60,11 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return digits.images, digits.target
 
 
-LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"mnist": _mnist, "opencv-digits": _opencv_digits, "sklearn-digits": _sklearn_digits}
+LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "mnist": _mnist,
+    "opencv-digits": _opencv_digits,
+    "sklearn-digits": _sklearn_digits,
+}
 DOMAINS = tuple(LOADERS)
 
 
@@ -83,7 +87,9 @@ def frame(image: np.ndarray, size: int) -> np.ndarray:
     square[top : top + box.shape[0], left : left + box.shape[1]] = box
     margin = size // 8
     framed = np.zeros((size, size), np.float32)
-    framed[margin : size - margin, margin : size - margin] = resize(square, (size - 2 * margin,) * 2, anti_aliasing=True)
+    framed[margin : size - margin, margin : size - margin] = resize(
+        square, (size - 2 * margin,) * 2, anti_aliasing=True
+    )
     return framed / max(framed.max(), 1e-6)
 
 
@@ -97,5 +103,7 @@ def load_domain(name: str, size: int = 16, limit: int | None = None, seed: int =
 
 def split(domain: Domain, test_fraction: float, seed: int = 0) -> tuple[Domain, Domain]:
     """(train, test), stratified by class."""
-    train_x, test_x, train_y, test_y = train_test_split(domain.images, domain.labels, test_size=test_fraction, random_state=seed, stratify=domain.labels)
+    train_x, test_x, train_y, test_y = train_test_split(
+        domain.images, domain.labels, test_size=test_fraction, random_state=seed, stratify=domain.labels
+    )
     return Domain(train_x, train_y), Domain(test_x, test_y)

@@ -54,14 +54,32 @@ class Config:
     seed: int = 0
 
     # What the source model and the teacher depend on: runs that agree on these can share them.
-    SHARED = ("source", "target", "size", "width", "source_limit", "target_limit", "test_fraction", "epochs", "batch_size", "lr", "threshold", "mmd", "adabn", "augment", "seed")
+    SHARED = (
+        "source",
+        "target",
+        "size",
+        "width",
+        "source_limit",
+        "target_limit",
+        "test_fraction",
+        "epochs",
+        "batch_size",
+        "lr",
+        "threshold",
+        "mmd",
+        "adabn",
+        "augment",
+        "seed",
+    )
 
     def __post_init__(self):
         check_domain(self.source), check_domain(self.target)
         if self.source == self.target:
             raise EdgesparseError(f"source and target are both {self.source!r}: pick two different domains")
         if not 0 < self.ratio < 1:
-            raise EdgesparseError(f"ratio {self.ratio}: the fraction of channels pruned must be between 0 and 1 (exclusive)")
+            raise EdgesparseError(
+                f"ratio {self.ratio}: the fraction of channels pruned must be between 0 and 1 (exclusive)"
+            )
         if not (self.soft_mask or self.hard_mask):
             raise EdgesparseError("ADMP needs the soft mask, the hard mask or both")
         for name in ("size", "width", "epochs", "batch_size", "admm_every"):
@@ -84,7 +102,9 @@ class Data:
     @classmethod
     def load(cls, config: Config) -> Data:
         source = load_domain(config.source, config.size, config.source_limit, config.seed)
-        train, test = split(load_domain(config.target, config.size, config.target_limit, config.seed), config.test_fraction, config.seed)
+        train, test = split(
+            load_domain(config.target, config.size, config.target_limit, config.seed), config.test_fraction, config.seed
+        )
         tensors = map(torch.from_numpy, (source.images, source.labels, train.images, test.images, test.labels))
         return cls(*tensors)
 
@@ -103,7 +123,9 @@ class Experiment:
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         masks = {id(parameter) for parameter in mask_parameters(model)}
         weights = [parameter for parameter in model.parameters() if id(parameter) not in masks]
-        return torch.optim.Adam([{"params": weights}, {"params": mask_parameters(model), "lr": self.config.mask_lr}], lr=self.config.lr)
+        return torch.optim.Adam(
+            [{"params": weights}, {"params": mask_parameters(model), "lr": self.config.mask_lr}], lr=self.config.lr
+        )
 
     def _pairs(self):
         """(source batch, target batch indices) over one pass of the target images."""
@@ -116,7 +138,9 @@ class Experiment:
         images = self.data.source_x[index]
         return augment(images) if self.config.augment else images
 
-    def _objective(self, model: ResidualCNN, source_x, source_y, target_x, labeller: torch.Tensor, *, distill: bool) -> torch.Tensor:
+    def _objective(
+        self, model: ResidualCNN, source_x, source_y, target_x, labeller: torch.Tensor, *, distill: bool
+    ) -> torch.Tensor:
         """Source CE + pseudo-label CE on the target (+ distillation from ``labeller``) (+ MMD); one
         forward of both batches together, so BatchNorm sees both domains."""
         features = model.features(torch.cat([source_x, target_x]))
@@ -149,7 +173,14 @@ class Experiment:
             optimizer.step()
         return {"loss": loss.item()}
 
-    def _admp_epoch(self, student: ResidualCNN, teacher_logits: torch.Tensor, optimizer: torch.optim.Optimizer, admm: ADMM, finetune: bool) -> dict[str, float]:
+    def _admp_epoch(
+        self,
+        student: ResidualCNN,
+        teacher_logits: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        admm: ADMM,
+        finetune: bool,
+    ) -> dict[str, float]:
         config = self.config
         soft, hard = config.soft_mask and not finetune, config.hard_mask or finetune
         masks, weights = mask_parameters(student), optimizer.param_groups[0]["params"]  # see _optimizer
@@ -159,7 +190,14 @@ class Experiment:
             for mode, on in (("soft", soft), ("hard", hard)):
                 if on:
                     set_mode(student, mode)
-                    losses[mode] = self._objective(student, source_x, source_y, self.data.target_x[index], teacher_logits[index], distill=config.distill)
+                    losses[mode] = self._objective(
+                        student,
+                        source_x,
+                        source_y,
+                        self.data.target_x[index],
+                        teacher_logits[index],
+                        distill=config.distill,
+                    )
             worst = torch.stack(list(losses.values()))
             weight_loss = worst.max() if config.adversarial else worst.sum()
             optimizer.zero_grad()
@@ -180,7 +218,12 @@ class Experiment:
         torch.manual_seed(self.config.seed)
         model = ResidualCNN(self.config.width)
         optimizer = self._optimizer(model)
-        run_stage(self.shared_dir / "source.ckpt", self.config.epochs, lambda _: self._source_epoch(model, optimizer), {"model": model, "optimizer": optimizer})
+        run_stage(
+            self.shared_dir / "source.ckpt",
+            self.config.epochs,
+            lambda _: self._source_epoch(model, optimizer),
+            {"model": model, "optimizer": optimizer},
+        )
         return model.eval()
 
     def adapt(self, model: ResidualCNN, path: Path, epochs: int) -> ResidualCNN:
@@ -212,10 +255,13 @@ class Experiment:
         teacher_logits = predict(teacher, self.data.target_x)
         epochs = config.admp_epochs + config.finetune_epochs
         run_stage(
-            self.out_dir / "admp.ckpt", epochs,
-            lambda epoch: self._admp_epoch(student, teacher_logits, optimizer, admm, finetune=epoch >= config.admp_epochs),
+            self.out_dir / "admp.ckpt",
+            epochs,
+            lambda epoch: self._admp_epoch(
+                student, teacher_logits, optimizer, admm, finetune=epoch >= config.admp_epochs
+            ),
             {"model": student, "optimizer": optimizer, "admm": admm},
-        )  # fmt: skip
+        )
         set_mode(student, "hard")
         if config.adabn:
             recompute_batchnorm(student, self.data.target_x)
@@ -232,7 +278,9 @@ class Experiment:
         models = {
             "source_only": source,
             "teacher": teacher,
-            "prune_then_adapt": self.adapt(self.magnitude_pruned(source), self.out_dir / "prune_then_adapt.ckpt", pruned_epochs),
+            "prune_then_adapt": self.adapt(
+                self.magnitude_pruned(source), self.out_dir / "prune_then_adapt.ckpt", pruned_epochs
+            ),
             "admp": self.admp(teacher),
         }
         data = self.data
@@ -240,7 +288,11 @@ class Experiment:
             "target_acc": {name: accuracy(model, data.test_x, data.test_y) for name, model in models.items()},
             "source_train_acc": {name: accuracy(model, data.source_x, data.source_y) for name, model in models.items()},
             "kept_channel_ratio": kept_channel_ratio(dict(models["admp"].masks)),
-            "images": {"source": len(data.source_x), "target_train": len(data.target_x), "target_test": len(data.test_x)},
+            "images": {
+                "source": len(data.source_x),
+                "target_train": len(data.target_x),
+                "target_test": len(data.test_x),
+            },
             "config": self.config.as_dict(),
         }
         ir.save(export_model(teacher, self.config.size, masked=False), self.out_dir / "teacher.onnx")
@@ -253,5 +305,7 @@ def _claim(path: Path, settings: dict) -> None:
     """Checkpoints in a directory belong to one configuration: a run with another one is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and json.loads(path.read_text()) != settings:
-        raise EdgesparseError(f"{path.parent} holds a run with other settings ({path.name}): use another output directory")
+        raise EdgesparseError(
+            f"{path.parent} holds a run with other settings ({path.name}): use another output directory"
+        )
     path.write_text(json.dumps(settings, indent=2) + "\n")

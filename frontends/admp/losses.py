@@ -19,7 +19,9 @@ def pseudo_label(logits: torch.Tensor, labeller_logits: torch.Tensor, threshold:
     return (cross_entropy(logits, labels, reduction="none") * (confidence >= threshold)).mean()
 
 
-def mmd(source: torch.Tensor, target: torch.Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)) -> torch.Tensor:
+def mmd(
+    source: torch.Tensor, target: torch.Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+) -> torch.Tensor:
     """Biased squared MMD with a sum of Gaussian kernels, bandwidths relative to the mean squared distance."""
     joint = torch.cat([source, target])
     distances = torch.cdist(joint, joint).pow(2)

@@ -29,11 +29,17 @@ class ResidualCNN(nn.Module):
         wide = 2 * width
         self.convs = nn.ModuleDict(
             dict(
-                stem=conv_bn(1, width), block1a=conv_bn(width, width), block1b=conv_bn(width, width),
-                down=conv_bn(width, wide, stride=2), block2a=conv_bn(wide, wide), block2b=conv_bn(wide, wide),
+                stem=conv_bn(1, width),
+                block1a=conv_bn(width, width),
+                block1b=conv_bn(width, width),
+                down=conv_bn(width, wide, stride=2),
+                block2a=conv_bn(wide, wide),
+                block2b=conv_bn(wide, wide),
             )
-        )  # fmt: skip
-        self.masks = nn.ModuleDict(dict(trunk1=ChannelMask(width), mid1=ChannelMask(width), trunk2=ChannelMask(wide), mid2=ChannelMask(wide)))
+        )
+        self.masks = nn.ModuleDict(
+            dict(trunk1=ChannelMask(width), mid1=ChannelMask(width), trunk2=ChannelMask(wide), mid2=ChannelMask(wide))
+        )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(wide, classes)
 
@@ -54,4 +60,7 @@ class ResidualCNN(nn.Module):
 
     def group_gammas(self) -> dict[str, torch.Tensor]:
         """Mask group -> |BatchNorm gamma| summed over the group's convs (the magnitude criterion)."""
-        return {group: sum(self.convs[conv][1].weight.detach().abs() for conv in convs) for group, convs in self.GROUPS.items()}
+        return {
+            group: sum(self.convs[conv][1].weight.detach().abs() for conv in convs)
+            for group, convs in self.GROUPS.items()
+        }

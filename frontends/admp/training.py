@@ -23,7 +23,9 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict) -> object: ...
 
 
-def run_stage(path: Path, epochs: int, train_epoch: Callable[[int], dict[str, float]], state: dict[str, Stateful]) -> None:
+def run_stage(
+    path: Path, epochs: int, train_epoch: Callable[[int], dict[str, float]], state: dict[str, Stateful]
+) -> None:
     """Calls ``train_epoch(epoch)`` until ``epochs`` epochs are done (counting those in ``path``'s checkpoint)."""
     done = 0
     if path.exists():
@@ -35,7 +37,10 @@ def run_stage(path: Path, epochs: int, train_epoch: Callable[[int], dict[str, fl
     progress = trange(done, epochs, initial=done, total=epochs, desc=path.stem, leave=False)
     for epoch in progress:
         progress.set_postfix(train_epoch(epoch))
-        checkpoint = {key: item.state_dict() for key, item in state.items()} | {"epoch": epoch + 1, "rng": torch.get_rng_state()}
+        checkpoint = {key: item.state_dict() for key, item in state.items()} | {
+            "epoch": epoch + 1,
+            "rng": torch.get_rng_state(),
+        }
         save_checkpoint(checkpoint, path)
 
 

@@ -43,7 +43,10 @@ class SparsityController:
     @contextlib.contextmanager
     def hooked(self, hook):
         """``hook(index, gate, feature)`` runs before each gate."""
-        handles = [gate.register_forward_pre_hook(lambda gate, args, index=index: hook(index, gate, args[0])) for index, gate in enumerate(self.gates)]
+        handles = [
+            gate.register_forward_pre_hook(lambda gate, args, index=index: hook(index, gate, args[0]))
+            for index, gate in enumerate(self.gates)
+        ]
         try:
             yield
         finally:
@@ -68,6 +71,7 @@ class SparsityController:
     @torch.no_grad()
     def calibrate(self, model: nn.Module, inputs: torch.Tensor, level: float) -> None:
         """Fixes the level's thresholds: exact quantiles on ``inputs`` (held-out patches)."""
+
         def hook(index, gate, feature):
             self.thresholds[level][index] = quantile(feature, level)
             gate.threshold.fill_(float(self.thresholds[level][index]))

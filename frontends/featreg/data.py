@@ -37,7 +37,18 @@ TRAIN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
 TEST_PACKAGE = "opencv-doc"
 TRAIN_SKIMAGE = ("astronaut", "chelsea", "coffee")
 TEST_SKIMAGE = ("rocket",)
-TEST_OPENCV = ("baboon.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "building.jpg", "messi5.jpg", "orange.jpg", "starry_night.jpg", "smarties.png", "HappyFish.jpg")
+TEST_OPENCV = (
+    "baboon.jpg",
+    "butterfly.jpg",
+    "fruits.jpg",
+    "home.jpg",
+    "building.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "starry_night.jpg",
+    "smarties.png",
+    "HappyFish.jpg",
+)
 MAX_SIDE = 1024
 HELD_OUT_EVERY = 8
 CALIBRATION_SIDES = (512, 384, 256)
@@ -48,7 +59,11 @@ def package_files(package: str) -> list[Path]:
     listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True)
     if listing.returncode != 0:
         raise EdgesparseError(f"the photos of the Debian package {package} are not installed: run `make data`")
-    return [Path(line) for line in listing.stdout.splitlines() if line.lower().endswith(IMAGE_SUFFIXES) and Path(line).is_file()]
+    return [
+        Path(line)
+        for line in listing.stdout.splitlines()
+        if line.lower().endswith(IMAGE_SUFFIXES) and Path(line).is_file()
+    ]
 
 
 def picture_key(path: Path) -> str:
@@ -60,7 +75,12 @@ def picture_key(path: Path) -> str:
 
 
 def training_photo_files() -> list[Path]:
-    files = [path for package in TRAIN_PACKAGES for path in package_files(package) if "screenshot" not in path.name and "images_dark" not in path.parts]
+    files = [
+        path
+        for package in TRAIN_PACKAGES
+        for path in package_files(package)
+        if "screenshot" not in path.name and "images_dark" not in path.parts
+    ]
     largest: dict[str, Path] = {}
     for path in sorted(files):
         key = picture_key(path)
@@ -98,10 +118,18 @@ def skimage_photo(name: str, max_side: int = MAX_SIDE) -> np.ndarray:
 def training_photos() -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(training photos, the controller's calibration photos: the held-out photographs at every side in
     ``CALIBRATION_SIDES``)."""
-    pictures = [(path.suffix.lower() in PHOTOGRAPH_SUFFIXES, functools.partial(load_photo, path)) for path in training_photo_files()]
+    pictures = [
+        (path.suffix.lower() in PHOTOGRAPH_SUFFIXES, functools.partial(load_photo, path))
+        for path in training_photo_files()
+    ]
     pictures += [(True, functools.partial(skimage_photo, name)) for name in TRAIN_SKIMAGE]
     training = [load() for index, (_, load) in enumerate(pictures) if index % HELD_OUT_EVERY]
-    calibration = [load(side) for index, (photograph, load) in enumerate(pictures) if index % HELD_OUT_EVERY == 0 and photograph for side in CALIBRATION_SIDES]
+    calibration = [
+        load(side)
+        for index, (photograph, load) in enumerate(pictures)
+        if index % HELD_OUT_EVERY == 0 and photograph
+        for side in CALIBRATION_SIDES
+    ]
     return training, calibration
 
 
@@ -176,7 +204,10 @@ class PatchSampler:
         for _ in range(self.batch):
             target, source = self.pairs[self.randint(len(self.pairs))]
             y, x = self.randint(source.shape[0] - low_patch + 1), self.randint(source.shape[1] - low_patch + 1)
-            pair = [source[y : y + low_patch, x : x + low_patch], target[y * scale : y * scale + self.patch, x * scale : x * scale + self.patch]]
+            pair = [
+                source[y : y + low_patch, x : x + low_patch],
+                target[y * scale : y * scale + self.patch, x * scale : x * scale + self.patch],
+            ]
             turns, flip = self.randint(4), self.randint(2)
             pair = [np.rot90(array[:, ::-1] if flip else array, turns) for array in pair]
             inputs.append(pair[0])

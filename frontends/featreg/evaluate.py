@@ -42,7 +42,9 @@ def model_task(model: ir.Model) -> dict:
 def check_level(model: ir.Model, level: float | None) -> None:
     levels = model_levels(model)
     if level is not None and not any(np.isclose(level, known) for known in levels):
-        raise EdgesparseError(f"level {level} is not among the model's levels ({', '.join(map(str, levels)) or 'none: a dense model'})")
+        raise EdgesparseError(
+            f"level {level} is not among the model's levels ({', '.join(map(str, levels)) or 'none: a dense model'})"
+        )
 
 
 class TestPair:
@@ -51,7 +53,9 @@ class TestPair:
     def __init__(self, photo: np.ndarray, degradation: Degradation, index: int):
         self.clean, source = degradation.prepare(photo)
         self.input = degradation.add_noise(to_tensor(source), torch.Generator().manual_seed(index)).numpy()
-        self.baseline = bicubic_resize(source, *self.clean.shape[:2]) if degradation.task == "sr" else to_uint8(self.input[0])
+        self.baseline = (
+            bicubic_resize(source, *self.clean.shape[:2]) if degradation.task == "sr" else to_uint8(self.input[0])
+        )
         self.border = degradation.scale_factor if degradation.task == "sr" else 0
 
     def score(self, image: np.ndarray) -> dict[str, float]:
@@ -78,7 +82,9 @@ def run_featreg(model: ir.Model, inputs: np.ndarray, level: float | None) -> tup
     return output, layers, sum(entry.macs for entry in count_macs(optimized))
 
 
-def evaluate_onnx(model: ir.Model, photos: dict[str, np.ndarray], degradation: Degradation, level: float | None) -> dict:
+def evaluate_onnx(
+    model: ir.Model, photos: dict[str, np.ndarray], degradation: Degradation, level: float | None
+) -> dict:
     """The eval JSON: model and baseline PSNR/SSIM, sparsity (mean and per gated conv), MACs per photo."""
     check_level(model, level)
     baseline_name = "bicubic" if degradation.task == "sr" else "noisy"
@@ -96,8 +102,14 @@ def evaluate_onnx(model: ir.Model, photos: dict[str, np.ndarray], degradation: D
         effective.append(effective_macs(macs, layers))
     mean = lambda values: float(np.mean(values))  # noqa: E731
     return {
-        **{key: {metric: mean([entry[metric] for entry in entries]) for metric in ("psnr", "ssim")} for key, entries in scores.items()},
-        "sparsity": {"mean": mean([value for values in sparsity.values() for value in values]), "layers": {name: mean(values) for name, values in sparsity.items()}},
+        **{
+            key: {metric: mean([entry[metric] for entry in entries]) for metric in ("psnr", "ssim")}
+            for key, entries in scores.items()
+        },
+        "sparsity": {
+            "mean": mean([value for values in sparsity.values() for value in values]),
+            "layers": {name: mean(values) for name, values in sparsity.items()},
+        },
         "macs_dense": mean(dense),
         "macs_effective": mean(effective),
         "level": level,
@@ -105,10 +117,16 @@ def evaluate_onnx(model: ir.Model, photos: dict[str, np.ndarray], degradation: D
     }
 
 
-def tvm_output_and_latency(model: ir.Model, inputs: np.ndarray, level: float | None, *, gated: bool = True, number: int = 3, repeat: int = 3) -> tuple[np.ndarray, float]:
+def tvm_output_and_latency(
+    model: ir.Model, inputs: np.ndarray, level: float | None, *, gated: bool = True, number: int = 3, repeat: int = 3
+) -> tuple[np.ndarray, float]:
     """(output, latency in ms, median) of the TVM ``llvm`` build: through ``featreg`` at the level, or
     (``gated=False``) the dense build, gates left as Where + Conv."""
     shaped = with_input_shape(model, inputs)
-    result = compile_model(shaped, "llvm", passes="default,featreg", pass_options=featreg_options(level)) if gated else compile_model(shaped, "llvm")
+    result = (
+        compile_model(shaped, "llvm", passes="default,featreg", pass_options=featreg_options(level))
+        if gated
+        else compile_model(shaped, "llvm")
+    )
     output = result.run({shaped.graph.inputs[0].name: inputs})[result.report["outputs"][0]]
     return output, tvm_latency_ms(result.build.executable, [inputs], number=number, repeat=repeat)

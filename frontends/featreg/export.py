@@ -40,19 +40,31 @@ def export_onnx(model: nn.Module, controller: SparsityController, task: dict, ch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's, on every call
         torch.onnx.export(
-            model, (torch.rand(1, channels, 32, 32),), buffer, dynamo=False, opset_version=EXPORT_OPSET,
-            input_names=["input"], output_names=["output"],
+            model,
+            (torch.rand(1, channels, 32, 32),),
+            buffer,
+            dynamo=False,
+            opset_version=EXPORT_OPSET,
+            input_names=["input"],
+            output_names=["output"],
             dynamic_axes={"input": {2: "height", 3: "width"}, "output": {2: "out_height", 3: "out_width"}},
-        )  # fmt: skip
+        )
     # The clean-up pipeline lifts the exporter's Constant nodes (thresholds among them) to initializers,
     # where the pass's gate matching looks for them.
     exported = run_pipeline(onnx_bytes_to_ir(buffer.getvalue(), source=type(model).__name__))
     onnx_gates = [gate for _, gate in gated_convs(exported.graph)]
     # The graph holds the gates in call order, as the controller does: pair them and check the pairing.
     torch_thresholds = [float(gate.threshold) for gate in controller.gates]
-    if len(onnx_gates) != len(controller.gates) or not np.allclose([gate.threshold for gate in onnx_gates], torch_thresholds, atol=1e-6):
-        raise RuntimeError(f"the exported graph's {len(onnx_gates)} gates do not pair with the net's {len(controller.gates)}")
-    levels = {str(level): {gate.name: float(t) for gate, t in zip(onnx_gates, controller.thresholds[level].tolist())} for level in controller.levels}
+    if len(onnx_gates) != len(controller.gates) or not np.allclose(
+        [gate.threshold for gate in onnx_gates], torch_thresholds, atol=1e-6
+    ):
+        raise RuntimeError(
+            f"the exported graph's {len(onnx_gates)} gates do not pair with the net's {len(controller.gates)}"
+        )
+    levels = {
+        str(level): {gate.name: float(t) for gate, t in zip(onnx_gates, controller.thresholds[level].tolist())}
+        for level in controller.levels
+    }
     exported.metadata_props[LEVELS_METADATA_KEY] = json.dumps(levels)
     exported.metadata_props[TASK_METADATA_KEY] = json.dumps(task)
     return exported
@@ -64,11 +76,17 @@ def load_onnx_weights(model: nn.Module, path: str | os.PathLike) -> None:
     expected = model.state_dict()
     missing = [name for name in expected if name not in initializers]
     if missing:
-        raise EdgesparseError(f"{path}: no initializer for the net's {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} (not exported from this net, or BatchNorm folded into its convs)")
+        raise EdgesparseError(
+            f"{path}: no initializer for the net's {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+            "(not exported from this net, or BatchNorm folded into its convs)"
+        )
     state = {name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()) for name in expected}
     wrong = [name for name in expected if state[name].shape != expected[name].shape]
     if wrong:
-        raise EdgesparseError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the net's is {tuple(expected[wrong[0]].shape)} (other --width/--blocks?)")
+        raise EdgesparseError(
+            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the net's is "
+            f"{tuple(expected[wrong[0]].shape)} (other --width/--blocks?)"
+        )
     model.load_state_dict(state)
 
 

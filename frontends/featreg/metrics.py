@@ -27,4 +27,13 @@ def psnr_y(image: np.ndarray, reference: np.ndarray, border: int = 0) -> float:
 
 
 def ssim_y(image: np.ndarray, reference: np.ndarray, border: int = 0) -> float:
-    return float(structural_similarity(luma(reference, border), luma(image, border), data_range=255.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+    return float(
+        structural_similarity(
+            luma(reference, border),
+            luma(image, border),
+            data_range=255.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+    )

@@ -51,7 +51,15 @@ def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def train(model: nn.Module, controller: SparsityController, sampler: PatchSampler, config: TrainConfig, out_dir: Path, *, progress: bool = True) -> list[dict]:
+def train(
+    model: nn.Module,
+    controller: SparsityController,
+    sampler: PatchSampler,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> list[dict]:
     """Trains ``model`` in place up to ``config.steps`` (resuming from ``out_dir``'s checkpoint); the
     training log (one entry per logged step) is returned and kept in the checkpoint."""
     torch.manual_seed(config.seed)
@@ -71,12 +79,18 @@ def train(model: nn.Module, controller: SparsityController, sampler: PatchSample
         level_generator.set_state(state["level_generator"])
         torch.set_rng_state(state["torch_rng"])  # the controller's quantile subsampling draws from it
         step, log = state["step"], state["log"]
-    regularizer = FeatureRegularizer(controller.gates, config.reg_kind) if controller.levels and config.reg_weight > 0 else None
+    regularizer = (
+        FeatureRegularizer(controller.gates, config.reg_kind) if controller.levels and config.reg_weight > 0 else None
+    )
     set_training_mode(model, config.freeze_batchnorm)
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     while step < config.steps:
         inputs, targets = sampler.sample()
-        level = controller.levels[int(torch.randint(len(controller.levels), (), generator=level_generator))] if controller.levels else None
+        level = (
+            controller.levels[int(torch.randint(len(controller.levels), (), generator=level_generator))]
+            if controller.levels
+            else None
+        )
         with controller.tracking(level) if level is not None else contextlib.nullcontext():
             outputs = model(inputs)
         reconstruction = nn.functional.l1_loss(outputs, targets)
@@ -93,10 +107,16 @@ def train(model: nn.Module, controller: SparsityController, sampler: PatchSample
             log.append({"step": step, "level": level, "l1": reconstruction.item(), "penalty": penalty.item()})
         if step % config.checkpoint_every == 0 or step == config.steps:
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "controller": controller.state_dict(), "sampler": sampler.state_dict(),
-                "level_generator": level_generator.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "log": log,
-            }  # fmt: skip
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "controller": controller.state_dict(),
+                "sampler": sampler.state_dict(),
+                "level_generator": level_generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "log": log,
+            }
             save_checkpoint(state, checkpoint)
     bar.close()
     if regularizer:

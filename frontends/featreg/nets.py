@@ -22,7 +22,12 @@ SMOOTHING_SIZE, SMOOTHING_SIGMA = 5, 1.0
 class GatedResidualBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.body = nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1), ThresholdGate(), nn.Conv2d(width, width, 3, padding=1))
+        self.body = nn.Sequential(
+            ThresholdGate(),
+            nn.Conv2d(width, width, 3, padding=1),
+            ThresholdGate(),
+            nn.Conv2d(width, width, 3, padding=1),
+        )
 
     def forward(self, x):
         return x + self.body(x)
@@ -36,14 +41,22 @@ class FeatRegEDSR(nn.Module):
         super().__init__()
         self.scale, self.image_skip = scale, image_skip
         self.head = nn.Conv2d(channels, width, 3, padding=1)
-        self.body = nn.Sequential(*[GatedResidualBlock(width) for _ in range(blocks)], ThresholdGate(), nn.Conv2d(width, width, 3, padding=1))
-        self.upsample = nn.Sequential(ThresholdGate(), nn.Conv2d(width, width * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+        self.body = nn.Sequential(
+            *[GatedResidualBlock(width) for _ in range(blocks)], ThresholdGate(), nn.Conv2d(width, width, 3, padding=1)
+        )
+        self.upsample = nn.Sequential(
+            ThresholdGate(), nn.Conv2d(width, width * scale * scale, 3, padding=1), nn.PixelShuffle(scale)
+        )
         self.tail = nn.Sequential(ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
 
     def forward(self, x):
         features = self.head(x)
         detail = self.tail(self.upsample(features + self.body(features)))
-        return detail + nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False) if self.image_skip else detail
+        return (
+            detail + nn.functional.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+            if self.image_skip
+            else detail
+        )
 
 
 class FeatRegDnCNN(nn.Module):
@@ -53,9 +66,18 @@ class FeatRegDnCNN(nn.Module):
 
     def __init__(self, width: int = 64, depth: int = 17, channels: int = 3, image_skip: bool = False):
         super().__init__()
-        hidden = [nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)) for _ in range(depth - 2)]
-        self.noise = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), *hidden, ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
-        self.smoothing = nn.Conv2d(channels, channels, SMOOTHING_SIZE, padding=SMOOTHING_SIZE // 2, groups=channels, bias=False) if image_skip else None
+        hidden = [
+            nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+            for _ in range(depth - 2)
+        ]
+        self.noise = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), *hidden, ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1)
+        )
+        self.smoothing = (
+            nn.Conv2d(channels, channels, SMOOTHING_SIZE, padding=SMOOTHING_SIZE // 2, groups=channels, bias=False)
+            if image_skip
+            else None
+        )
         if self.smoothing is not None:
             offsets = torch.arange(SMOOTHING_SIZE, dtype=torch.float32) - SMOOTHING_SIZE // 2
             gaussian = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * SMOOTHING_SIGMA**2))
@@ -66,7 +88,16 @@ class FeatRegDnCNN(nn.Module):
         return (x if self.smoothing is None else self.smoothing(x)) - self.noise(x)
 
 
-def build_net(task: str, *, scale: int = 2, width: int = 32, blocks: int = 4, depth: int = 10, channels: int = 3, image_skip: bool = True) -> nn.Module:
+def build_net(
+    task: str,
+    *,
+    scale: int = 2,
+    width: int = 32,
+    blocks: int = 4,
+    depth: int = 10,
+    channels: int = 3,
+    image_skip: bool = True,
+) -> nn.Module:
     """The task's net: ``sr`` -> :class:`FeatRegEDSR` (``blocks``), ``denoise`` -> :class:`FeatRegDnCNN` (``depth``)."""
     if task == "sr":
         return FeatRegEDSR(scale=scale, width=width, blocks=blocks, channels=channels, image_skip=image_skip)

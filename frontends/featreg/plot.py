@@ -1,7 +1,7 @@
 """PSNR vs effective MACs per image, from the metrics.json files tools/train_featreg.py writes: the dense
 baseline, each level of the multi-sparsity model, and the baseline without a net (bicubic / noisy input).
 
-    python -m edgesparse.frontends.featreg.plot --sr DENSE_DIR SPARSE_DIR --denoise DENSE_DIR SPARSE_DIR -o docs/featreg-psnr-macs.png
+    python -m edgesparse.frontends.featreg.plot --sr DENSE SPARSE --denoise DENSE SPARSE -o docs/featreg-psnr-macs.png
 """
 
 from __future__ import annotations
@@ -24,11 +24,28 @@ def panel(axes, title: str, dense_dir: Path, sparse_dir: Path) -> None:
     dense = next(iter(test_figures(dense_dir).values()))
     sparse = test_figures(sparse_dir)
     baseline = "bicubic" if "bicubic" in dense else "noisy"
-    axes.scatter([dense["macs_dense"] / 1e9], [dense["model"]["psnr"]], marker="s", color="black", label="dense model trained the same way (ReLU gates)")
+    axes.scatter(
+        [dense["macs_dense"] / 1e9],
+        [dense["model"]["psnr"]],
+        marker="s",
+        color="black",
+        label="dense model trained the same way (ReLU gates)",
+    )
     levels = sorted(sparse, key=float)
-    axes.plot([sparse[level]["macs_effective"] / 1e9 for level in levels], [sparse[level]["model"]["psnr"] for level in levels], "o-", color="tab:blue", label="one FeatReg model, per level")
+    axes.plot(
+        [sparse[level]["macs_effective"] / 1e9 for level in levels],
+        [sparse[level]["model"]["psnr"] for level in levels],
+        "o-",
+        color="tab:blue",
+        label="one FeatReg model, per level",
+    )
     for level in levels:
-        axes.annotate(f"{float(level):.0%}", (sparse[level]["macs_effective"] / 1e9, sparse[level]["model"]["psnr"]), textcoords="offset points", xytext=(4, -12))
+        axes.annotate(
+            f"{float(level):.0%}",
+            (sparse[level]["macs_effective"] / 1e9, sparse[level]["model"]["psnr"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+        )
     axes.axhline(dense[baseline]["psnr"], linestyle="--", color="tab:red", label=baseline)
     axes.set(title=title, xlabel="effective GMACs per test image (mean)", ylabel="PSNR on Y (dB)")
     axes.grid(alpha=0.3)
