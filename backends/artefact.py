@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgesparse.backends.onnxruntime_ref import input_specs
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.runner import run_library
 from edgesparse.backends.tvm_build import TVMBuild
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.macs import count_macs, count_params
-from edgesparse.passes.report import recorded_reports
+from edgesparse.passes.onnxruntime_ref import input_specs
+from edgesparse.passes.report import GatedLayers, read, recorded_reports
 
 MODEL_FILE = "model.onnx"
 LIBRARY_FILE = "model.so"
@@ -35,22 +35,10 @@ REPORT_FILE = "report.json"
 GPU_SOURCE_FILES = {"opencl": "model.cl", "cuda": "model.cu"}
 
 
-def pass_reports(model: ir.Model) -> dict:
-    """What passes recorded for the report (see :func:`edgesparse.passes.report.record`)."""
-    return {key: json.loads(text) for key, text in recorded_reports(model).items()}
-
-
-def effective_macs(macs_after: int, layers: list[dict] | None) -> int | None:
-    """MACs with each measured gated layer at its effective count (None without measured layers)."""
-    if not layers or any(layer["input_sparsity"] is None for layer in layers):
-        return None
-    return macs_after - sum(layer["dense_macs"] for layer in layers) + sum(layer["effective_macs"] for layer in layers)
-
-
 def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], build: TVMBuild) -> dict:
     nodes = count_macs(optimized)
-    recorded = pass_reports(optimized)
     macs_after = sum(entry.macs for entry in nodes)
+    gated = read(optimized, GatedLayers)
     return {
         "target": build.spec.name,
         "device": build.spec.device,
@@ -63,13 +51,13 @@ def make_report(original: ir.Model, optimized: ir.Model, pass_names: list[str], 
         "outputs": [value.name for value in optimized.graph.outputs],
         "macs_before": sum(entry.macs for entry in count_macs(original)),
         "macs_after": macs_after,
-        "macs_effective": effective_macs(macs_after, recorded.get("layers")),
+        "macs_effective": gated.effective_macs(macs_after) if gated is not None else None,
         "params_before": count_params(original),
         "params_after": count_params(optimized),
         "nodes": [{"name": entry.name, "op_type": entry.op_type, "macs": entry.macs} for entry in nodes],
         "tuned_functions": build.tuned_functions,
         "conv_layout": build.conv_layout,
-        **recorded,
+        **recorded_reports(optimized),
     }
 
 
@@ -77,7 +65,7 @@ def write_artefact(out_dir: str | os.PathLike, optimized: ir.Model, build: TVMBu
     """Writes the artefact files atomically (per directory); returns ``out_dir``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise EdgesparseError(f"-o {out_dir}: exists and is not a directory")
+        raise BackendError(f"-o {out_dir}: exists and is not a directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -104,7 +92,7 @@ class Artefact:
         self.directory = Path(directory)
         report_path = self.directory / REPORT_FILE
         if not report_path.is_file() or not (self.directory / LIBRARY_FILE).is_file():
-            raise EdgesparseError(
+            raise BackendError(
                 f"{self.directory}: not a compiled artefact (needs {REPORT_FILE} and {LIBRARY_FILE}; make one "
                 "with tools/compile.py)"
             )
@@ -119,10 +107,10 @@ class Artefact:
         ordered = []
         for entry in self.report["inputs"]:
             if entry["name"] not in inputs:
-                raise EdgesparseError(f"input {entry['name']!r} missing (given: {', '.join(inputs) or 'none'})")
+                raise BackendError(f"input {entry['name']!r} missing (given: {', '.join(inputs) or 'none'})")
             array = np.asarray(inputs[entry["name"]], dtype=entry["dtype"])
             if list(array.shape) != entry["shape"]:
-                raise EdgesparseError(
+                raise BackendError(
                     f"input {entry['name']!r} has shape {list(array.shape)}, the model was compiled for "
                     f"{entry['shape']}"
                 )

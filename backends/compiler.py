@@ -17,11 +17,11 @@ import onnx_ir as ir
 import tvm
 
 from edgesparse.backends.artefact import Artefact, make_report, write_artefact
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_tuning import GatedScheduleRecords
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tvm_build import IMPORTED_CONV_LAYOUT, TVMBuild, build, open_tuning_database, tuned_conv_layout
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES, expand_pass_names, run_pipeline
 
 
@@ -37,9 +37,7 @@ class CompileResult:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the build in this process; only host builds (``llvm``) can run here."""
         if self.build.spec.name != "llvm":
-            raise EdgesparseError(
-                f"a {self.build.spec.name} build cannot run on this host: save it and use run.py --rpc"
-            )
+            raise BackendError(f"a {self.build.spec.name} build cannot run on this host: save it and use run.py --rpc")
         names = [entry["name"] for entry in self.report["inputs"]]
         outputs = run_vm(self.build.executable, tvm.cpu(0), [inputs[name] for name in names])
         return dict(zip(self.report["outputs"], outputs))

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.backends.errors import BackendError
 
 HOST = "127.0.0.1"
 HOST_APT_PACKAGES = ("qemu-user-static", "g++-aarch64-linux-gnu")
@@ -217,15 +217,15 @@ class EmulatedArmDevice:
             out.flush()
             rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
         if rc != 0:
-            raise EdgesparseError(f"`{shlex.join(cmd[:3])} ...` failed (exit {rc}); read {log}")
+            raise BackendError(f"`{shlex.join(cmd[:3])} ...` failed (exit {rc}); read {log}")
 
     # ----------------------------------------------------------------------------------- start/stop
     def start(self, n_servers: int = 1, timeout_s: float = 120.0) -> None:
         """Start the tracker and ``n_servers`` emulated servers; return once all are registered."""
         if not self.is_set_up():
-            raise EdgesparseError(f"the emulated device in {self.state_dir} is not set up; run setup first")
+            raise BackendError(f"the emulated device in {self.state_dir} is not set up; run setup first")
         if self._running_groups():
-            raise EdgesparseError(f"the emulated device in {self.state_dir} is already running; stop it first")
+            raise BackendError(f"the emulated device in {self.state_dir} is already running; stop it first")
         self._pids_file.unlink(missing_ok=True)  # stale: its processes are gone
         server_ports = [self.server_port + i for i in range(n_servers)]
         for port in (self.tracker_port, *server_ports):
@@ -330,11 +330,11 @@ class EmulatedArmDevice:
         while not ready():
             for name, child in self._children.items():
                 if child.poll() is not None:
-                    raise EdgesparseError(
+                    raise BackendError(
                         f"{name} exited with code {child.returncode}; read {self.run_dir / (name + '.log')}"
                     )
             if time.monotonic() > deadline:
-                raise EdgesparseError(f"after {timeout_s:.0f} s, {explain()}")
+                raise BackendError(f"after {timeout_s:.0f} s, {explain()}")
             time.sleep(1.0)
 
     def _tracker_summary(self) -> dict | None:
@@ -378,7 +378,7 @@ def _foreign_architectures() -> list[str]:
 
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise EdgesparseError(f"`{what}` needs root; run it as root once, then re-run setup")
+        raise BackendError(f"`{what}` needs root; run it as root once, then re-run setup")
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -398,7 +398,7 @@ def _check_port_free(port: int) -> None:
         try:
             sock.bind((HOST, port))
         except OSError as err:
-            raise EdgesparseError(
+            raise BackendError(
                 f"port {HOST}:{port} is already in use ({err.strerror}); stop what holds it or choose other ports"
             ) from None
 

@@ -141,7 +141,7 @@ class GatedConvSchedule:
 
 
 def default_schedule(shape: GatedConvShape, target: Target) -> GatedConvSchedule:
-    """Knobs that fit the target's registers and caches (measured on the x86 host; guesses elsewhere)."""
+    """Knobs that fit the target's registers and caches (chosen by x86 timings; elsewhere guesses)."""
     if _is_gpu(target):
         # Whole warps per tile: the threads of a tile walk the same masks, so a warp never diverges.
         oc_tile = min(64, _round_up(shape.out_channels, max(8, int(target.attrs.get("thread_warp_size", 1)))))

@@ -3,7 +3,8 @@ the dense tasks (on the board through the tracker, or on this host).
 
 MetaSchedule searches schedules of unscheduled PrimFuncs; a gated kernel is written scheduled, and its
 search space is the grid of :class:`GatedConvSchedule` knobs that :func:`schedule_space` lists. Each
-distinct gated conv shape of the model is one workload. Its candidates are measured in a fixed order
+distinct gated conv shape of the model is one workload, and one of tune()'s tasks (:class:`GatedTask`,
+a ``tuning.TuningTask`` as MetaSchedule's tasks are). Its candidates are measured in a fixed order
 (the default schedule first, the rest shuffled with a fixed seed), so a re-run measures only those it
 has not measured yet. Every measurement, failures included, goes to ``gated_schedules.json`` in the
 tuning directory as soon as a workload's round is done; builds take the fastest schedule per workload
@@ -21,7 +22,7 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import onnx_ir as ir
@@ -38,7 +39,8 @@ from edgesparse.backends.gated_conv import (
     shape_of,
     workload_key,
 )
-from edgesparse.passes.report import recorded_reports
+from edgesparse.passes.gated_conv_op import OP_TYPE
+from edgesparse.passes.report import FeatRegSummary, GatedLayers, read
 
 SCHEDULES_FILE = "gated_schedules.json"
 # random_fill_for_measure's range: the threshold 1 + 9 s gates off a fraction s of the values.
@@ -54,10 +56,10 @@ class GatedWorkload:
     # Gated kernels of this shape in the module.
     calls: int = 1
 
-    def unmeasured(self, records: GatedScheduleRecords, trials: int) -> list[GatedConvSchedule]:
-        """The next candidates to measure for ``trials`` in all, those in ``records`` counted."""
+    def unmeasured(self, records: GatedScheduleRecords) -> list[GatedConvSchedule]:
+        """The candidates not in ``records`` yet, in measuring order."""
         done = set(records.measured(self.key))
-        return [schedule for schedule in self.candidates if schedule not in done][: max(0, trials - len(done))]
+        return [schedule for schedule in self.candidates if schedule not in done]
 
     @property
     def name(self) -> str:
@@ -85,17 +87,11 @@ def gated_workloads(mod: tvm.IRModule, target: Target) -> list[GatedWorkload]:
 def measuring_sparsity(model: ir.Model) -> float:
     """The sparsity to time the kernels at: the mean input sparsity the featreg pass measured on the
     gated layers (calibrated models), else the model's chosen level, else one half."""
-    reports = recorded_reports(model)
-    layers = json.loads(reports.get("layers", "[]"))
-    measured = [
-        layer["input_sparsity"]
-        for layer in layers
-        if layer.get("op") == "GatedConv" and layer.get("input_sparsity") is not None
-    ]
+    layers, summary = read(model, GatedLayers), read(model, FeatRegSummary)
+    measured = layers.measured_sparsities(OP_TYPE) if layers is not None else []
     if measured:
         return sum(measured) / len(measured)
-    level = json.loads(reports.get("featreg", "{}")).get("sparsity_level")
-    return float(level) if level is not None else 0.5
+    return summary.sparsity_level if summary is not None and summary.sparsity_level is not None else 0.5
 
 
 def measuring_threshold(sparsity: float) -> float:
@@ -137,24 +133,49 @@ class GatedScheduleRecords:
         return min(ran, key=lambda record: record["ms"]) if ran else None
 
 
-def tune_gated(
-    workloads: list[GatedWorkload],
-    target: Target,
-    records: GatedScheduleRecords,
-    shares: Sequence[int],
-    sparsity: float,
-    builder: ms.builder.Builder,
-    runner: ms.runner.Runner,
-) -> Iterator[tuple[GatedWorkload, int, int]]:
-    """Measures each workload's next unmeasured candidates, up to its share in all; yields (workload,
-    candidates measured now, of which failed) as each workload is saved."""
-    for workload, share in zip(workloads, shares):
-        todo = workload.unmeasured(records, share)
-        results = list(_measure(workload.shape, todo, target, sparsity, builder, runner))
-        for schedule, (mean_ms, error) in zip(todo, results):
-            records.add(workload.key, schedule, mean_ms, error)
-        records.save()
-        yield workload, len(results), sum(error is not None for _, error in results)
+@dataclasses.dataclass
+class GatedTask:
+    """A workload as a task of tune() (a ``tuning.TuningTask``): its candidates recorded in ``records``, built
+    for ``target`` at ``sparsity`` by ``builder``, run by ``runner``; ``progress`` hears of each round (name,
+    candidates measured, of which failed, best ms)."""
+
+    workload: GatedWorkload
+    records: GatedScheduleRecords
+    target: Target
+    sparsity: float
+    builder: ms.builder.Builder
+    runner: ms.runner.Runner
+    progress: Callable[[str, int, int, float | None], None]
+    # No FLOP count: the work depends on the input's sparsity.
+    flop = None
+
+    @property
+    def name(self) -> str:
+        return self.workload.name
+
+    @property
+    def calls(self) -> int:
+        return self.workload.calls
+
+    def trials(self) -> int:
+        return len(self.records.measured(self.workload.key))
+
+    def best_ms(self) -> float | None:
+        return self.records.best_ms(self.workload.key)
+
+    def missing(self, share: int) -> int:
+        return len(self.workload.unmeasured(self.records)[: max(0, share - self.trials())])
+
+    @classmethod
+    def tune(cls, tasks: Sequence[GatedTask], trials: Sequence[int]) -> None:
+        """Measures each workload's next candidates in measuring order, its records saved as soon as they are."""
+        for task, count in zip(tasks, trials):
+            todo = task.workload.unmeasured(task.records)[:count]
+            results = list(_measure(task.workload.shape, todo, task.target, task.sparsity, task.builder, task.runner))
+            for schedule, (mean_ms, error) in zip(todo, results):
+                task.records.add(task.workload.key, schedule, mean_ms, error)
+            task.records.save()
+            task.progress(task.name, len(results), sum(error is not None for _, error in results), task.best_ms())
 
 
 def _measure(

@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
 
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import (
     GatedConvSchedule,
     GatedConvShape,
@@ -24,9 +25,8 @@ from edgesparse.backends.gated_conv import (
     pack_weight,
     workload_key,
 )
-from edgesparse.backends.onnxruntime_ref import input_specs, to_proto
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.gated_conv_op import OP_TYPE, is_gated_conv
+from edgesparse.passes.onnxruntime_ref import input_specs, to_proto
 
 
 def check_supported_ops(model: ir.Model) -> None:
@@ -37,7 +37,7 @@ def check_supported_ops(model: ir.Model) -> None:
             continue
         if node.domain not in ("", "ai.onnx") or (node.op_type not in supported and node.op_type != "Constant"):
             domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            raise EdgesparseError(
+            raise BackendError(
                 f"unsupported op {domain}{node.op_type} in node {node.name!r}: TVM's ONNX importer has no "
                 "converter for it"
             )
@@ -45,7 +45,7 @@ def check_supported_ops(model: ir.Model) -> None:
 
 def constant_array(expr: relax.Expr, what: str) -> np.ndarray:
     if not isinstance(expr, tvm.ir.GenericConst):
-        raise EdgesparseError(f"{OP_TYPE}: its {what} must be a constant")
+        raise BackendError(f"{OP_TYPE}: its {what} must be a constant")
     return expr.value.numpy()
 
 
@@ -75,7 +75,7 @@ def gated_conv(
             group=attrs["group"],
         )
     except ValueError as exc:
-        raise EdgesparseError(f"{OP_TYPE}: {exc}") from None
+        raise BackendError(f"{OP_TYPE}: {exc}") from None
     schedule = tuned_schedules.get(workload_key(shape, target)) or default_schedule(shape, target)
     # Without its own symbol the kernel gets the unique name the builder gives it, one per conv.
     function = gated_conv2d(shape, attrs["threshold"], schedule, target).without_attr("global_symbol")

@@ -1,7 +1,7 @@
 """Reaching a device through TVM's RPC tracker: ``HOST:PORT:KEY`` addresses, checked before use.
 
 TVM's own client retries a dead tracker for a minute and waits forever for a key no server has; these
-helpers answer at once with a one-line :class:`EdgesparseError` instead.
+helpers answer at once with a one-line :class:`BackendError` instead.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import socket
 
 from tvm import rpc
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.backends.errors import BackendError
 
 CONNECT_TIMEOUT_S = 5.0
 # Emulated or slow boards: a session outlives uploads, the first run, and time_evaluator repeats.
@@ -28,7 +28,7 @@ class RPCAddress:
     def parse(cls, text: str) -> "RPCAddress":
         parts = text.rsplit(":", 2)
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
-            raise EdgesparseError(f"--rpc {text!r}: expected HOST:PORT:KEY, e.g. 127.0.0.1:9190:arm64-qemu")
+            raise BackendError(f"--rpc {text!r}: expected HOST:PORT:KEY, e.g. 127.0.0.1:9190:arm64-qemu")
         return cls(parts[0], int(parts[1]), parts[2])
 
     def __str__(self) -> str:
@@ -41,14 +41,14 @@ def check_tracker(address: RPCAddress) -> rpc.TrackerSession:
         with socket.create_connection((address.host, address.port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise EdgesparseError(
+        raise BackendError(
             f"RPC tracker at {address.host}:{address.port} does not answer ({exc.strerror or exc})"
         ) from None
     tracker = rpc.connect_tracker(address.host, address.port)
     keys = tracker.summary().get("queue_info", {})
     if address.key not in keys:
         known = ", ".join(sorted(keys)) or "none"
-        raise EdgesparseError(
+        raise BackendError(
             f"RPC tracker at {address.host}:{address.port} has no device with key {address.key!r} (keys: {known})"
         )
     return tracker

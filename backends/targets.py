@@ -17,7 +17,7 @@ import functools
 import tvm
 from tvm.target import Target
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.backends.errors import BackendError
 
 ARM_CROSS_COMPILER = "aarch64-linux-gnu-g++"
 DEFAULT_ARM_TAG = "arm/rasp4b64"
@@ -47,10 +47,10 @@ def _tags() -> frozenset[str]:
 
 def _aarch64_host(tag: str) -> Target:
     if tag not in _tags():
-        raise EdgesparseError(f"unknown device tag {tag!r} (aarch64 examples: arm/rasp4b64, arm/rk3399, arm/pixel2)")
+        raise BackendError(f"unknown device tag {tag!r} (aarch64 examples: arm/rasp4b64, arm/rk3399, arm/pixel2)")
     host = Target(tag)
     if host.kind.name != "llvm" or not str(host.attrs.get("mtriple", "")).startswith("aarch64"):
-        raise EdgesparseError(f"device tag {tag!r} is not an aarch64 CPU (mtriple {host.attrs.get('mtriple')!r})")
+        raise BackendError(f"device tag {tag!r} is not an aarch64 CPU (mtriple {host.attrs.get('mtriple')!r})")
     return host
 
 
@@ -62,7 +62,7 @@ def resolve_target(name: str, device: str | None = None) -> TargetSpec:
     """Turns a target name and optional device into a :class:`TargetSpec`; unknown ones are user errors."""
     if name == "llvm":
         if device is not None:
-            raise EdgesparseError("--device is not used with --target llvm (it always builds for this host)")
+            raise BackendError("--device is not used with --target llvm (it always builds for this host)")
         return TargetSpec(name, None, host_target(), "cpu", None)
     if name == "arm_cpu":
         device = device or DEFAULT_ARM_TAG
@@ -80,6 +80,6 @@ def resolve_target(name: str, device: str | None = None) -> TargetSpec:
         elif device in _tags() and Target(device).kind.name == "cuda":
             target = Target(device, host=host_target())
         else:
-            raise EdgesparseError(f"unknown CUDA device {device!r} (an sm_XX arch or an nvidia/... TVM tag)")
+            raise BackendError(f"unknown CUDA device {device!r} (an sm_XX arch or an nvidia/... TVM tag)")
         return TargetSpec(name, device, target, "cuda", None)
-    raise EdgesparseError(f"unknown target {name!r} (choose from {', '.join(TARGET_NAMES)})")
+    raise BackendError(f"unknown target {name!r} (choose from {', '.join(TARGET_NAMES)})")

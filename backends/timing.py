@@ -24,12 +24,12 @@ import onnxruntime as ort
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
-from edgesparse.backends.onnxruntime_ref import to_proto
+from edgesparse.passes.onnxruntime_ref import to_proto
 
 MIN_REPEAT_MS = 50
-# A runtime's pool threads go on spinning after its last call: TVM's, on the development VM, for more than
-# 50 ms (ONNX Runtime timed 4x slower right after TVM). Each block of timings waits this long first, and its
-# first timing, taken while the other runtime's threads may still spin, is a warm-up.
+# A runtime's pool threads go on spinning after its last call, for tens of milliseconds or more, and slow a
+# runtime timed right after it several times over (docs/tuning.md). Each block of timings waits this long
+# first, and its first timing, taken while the other runtime's threads may still spin, is a warm-up.
 SETTLE_S = 1.0
 ROUNDS = 5
 
@@ -65,7 +65,8 @@ def onnxruntime_timer(
     options.log_severity_level = 3
     session = ort.InferenceSession(to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     # Inputs bound once, as the TVM timer sets them once: session.run would convert them and the outputs
-    # from and to numpy on every call, about 7 us here (a 1x3x32x32 Relu: 11.4 us a call, 4.5 us bound).
+    # from and to numpy on every call, microseconds a call that a sub-millisecond net would count as its own
+    # (docs/tuning.md).
     binding = session.io_binding()
     for name, array in inputs.items():
         binding.bind_cpu_input(name, array)

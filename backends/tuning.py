@@ -10,6 +10,8 @@ pipeline as a build (:func:`edgesparse.backends.tvm_build.fuse`), so the databas
 the build looks up. A board farm is several RPC servers under one key: the runner keeps one session per
 registered server busy and the tracker hands each request to a free one. The database is written as
 candidates are measured, and a second run counts what it already holds: it only tunes what is missing.
+The gated kernels, written scheduled, are tuned by their knobs instead (gated_tuning); tune() shares the
+trials among both kinds of :class:`TuningTask`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import onnx_ir as ir
 import tvm
@@ -36,14 +38,9 @@ from tvm.s_tir.analysis import estimate_tir_flops
 from tvm.target import Target
 
 from edgesparse.backends.compiler import optimize
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import shape_of
-from edgesparse.backends.gated_tuning import (
-    GatedScheduleRecords,
-    GatedWorkload,
-    gated_workloads,
-    measuring_sparsity,
-    tune_gated,
-)
+from edgesparse.backends.gated_tuning import GatedScheduleRecords, GatedTask, gated_workloads, measuring_sparsity
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
@@ -55,7 +52,6 @@ from edgesparse.backends.tvm_build import (
     record_conv_layout,
     tuned_conv_layout,
 )
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.pipeline import DEFAULT_PASSES
 
 # CPU targets: MetaSchedule's GPU rules would need an OpenCL/CUDA runtime on the board, untested here.
@@ -73,11 +69,11 @@ EXHAUSTED_FILE = "exhausted_tasks.json"
 # Every task's first search round, whatever its cost: an untuned task keeps the slow default schedule.
 FIRST_ROUND_TRIALS = 16
 # Candidates per later search round and task. A round's evolutionary search costs the same whatever it
-# picks (about 40 s of a 55 s round of 16 candidates on this project's 2-core host): bigger rounds
+# picks, and on a small CPU host it is most of a 16-candidate round's time (docs/tuning.md): bigger rounds
 # measure more candidates an hour; the cost model still learns between them.
 TRIALS_PER_ROUND = 32
 # The conv2d layout dense models are tuned in. Vectorized along the output channels, NHWC's tuned convs
-# were faster than NCHW's on the ResNet-style net (README, Benchmarks). Models with gated kernels, which
+# were faster than NCHW's on the ResNet-style net (docs/benchmarks.md). Models with gated kernels, which
 # read NCHW, keep it: each would need a transpose on either side.
 DENSE_CONV_LAYOUT = "NHWC"
 
@@ -118,6 +114,36 @@ class TuningSummary:
         tuned kernels take without the calls between them; None while a task has no time."""
         times = [task.best_ms * task.calls for task in self.tasks if task.best_ms is not None]
         return sum(times) if len(times) == len(self.tasks) else None
+
+
+class TuningTask(Protocol):
+    """What tune() shares its trials among: a fused PrimFunc whose schedule MetaSchedule searches
+    (:class:`MetaScheduleTask`), or a gated kernel shape whose knobs are searched (gated_tuning.GatedTask)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def calls(self) -> int:
+        """Its calls per model run: its best time counts that often in the trial shares."""
+
+    @property
+    def flop(self) -> float | None:
+        """Floating-point operations per call; None where they depend on the input."""
+
+    def trials(self) -> int:
+        """The candidates measured so far, in the tuning directory (earlier runs' and failed ones included)."""
+
+    def best_ms(self) -> float | None:
+        """Mean latency of its fastest candidate so far; None while none ran successfully."""
+
+    def missing(self, share: int) -> int:
+        """The candidates it lacks for ``share`` in all; none once its search space ran out."""
+
+    @classmethod
+    def tune(cls, tasks: Sequence[TuningTask], trials: Sequence[int]) -> None:
+        """Measures ``trials[i]`` more candidates for ``tasks[i]``: the tasks of this kind in one tune() call,
+        together, so that a kind can search several in one run."""
 
 
 def tuning_target(spec: TargetSpec, rpc_address: RPCAddress | None) -> Target:
@@ -200,7 +226,7 @@ def extra_trials(times_ms: Sequence[float | None], remaining: int, counts: Seque
     FLOPs and, tuned by FLOPs, took over a third of the time. Shares of all the trials, not of those
     left: a task new to a resumed database (a pipeline change made it) catches up with the others
     instead of getting a sliver of what is left. Whole rounds keep the tasks' missing trials few
-    distinct numbers: each is a scheduler run of its own (_tune_group), with a cold cost model.
+    distinct numbers: each is a scheduler run of its own (MetaScheduleTask.tune), with a cold cost model.
     """
     weights = [time or 0.0 for time in times_ms]
     have = list(counts) if counts is not None else [0] * len(weights)
@@ -218,17 +244,6 @@ def extra_trials(times_ms: Sequence[float | None], remaining: int, counts: Seque
     return extra
 
 
-def task_key(task: ms.ExtractedTask) -> str:
-    """The task's workload hash, as the database keys its records."""
-    return ms.utils.shash2hex(task.dispatched[0])
-
-
-def trials_in_database(database: ms.database.Database, tasks: Sequence[ms.ExtractedTask]) -> list[int]:
-    """Per task, the candidates the database already holds for it (failed ones included)."""
-    counts = Counter(ms.utils.shash2hex(record.workload.mod) for record in database.get_all_tuning_records())
-    return [counts[task_key(task)] for task in tasks]
-
-
 def exhausted_tasks(work_dir: Path) -> set[str]:
     """Workload keys of the tasks whose search space ran out before their share (a re-run skips them)."""
     path = work_dir / EXHAUSTED_FILE
@@ -238,13 +253,6 @@ def exhausted_tasks(work_dir: Path) -> set[str]:
 def mark_exhausted(work_dir: Path, keys: set[str]) -> None:
     if keys:
         (work_dir / EXHAUSTED_FILE).write_text(json.dumps(sorted(exhausted_tasks(work_dir) | keys)) + "\n")
-
-
-def best_ms(database: ms.database.Database, task: ms.ExtractedTask) -> float | None:
-    """Mean latency of the task's fastest candidate in the database (top-k leaves failed ones out)."""
-    mod = task.dispatched[0]
-    records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
-    return 1e3 * sum(float(value) for value in records[0].run_secs) / len(records[0].run_secs) if records else None
 
 
 @derived_object
@@ -296,6 +304,95 @@ def _metaschedule_logger_setup() -> Iterator[None]:
             logger.addHandler(handler)
 
 
+@dataclasses.dataclass
+class _MetaScheduleRun:
+    """What the MetaSchedule tasks of one tune() call share: the tuning directory and its database, the
+    builder and runner that measure candidates, the progress callback."""
+
+    work_dir: Path
+    database: ms.database.Database
+    builder: ms.builder.Builder
+    runner: ms.runner.Runner
+    progress: ProgressCallback
+    # (database size, its records per workload key) when last counted: counted again once it grew
+    counted: tuple[int, Counter] = dataclasses.field(default_factory=lambda: (-1, Counter()))
+
+    def trials(self, key: str) -> int:
+        """The candidates the database holds for workload ``key`` (failed ones included)."""
+        if self.counted[0] != len(self.database):
+            records = self.database.get_all_tuning_records()
+            self.counted = (len(records), Counter(ms.utils.shash2hex(record.workload.mod) for record in records))
+        return self.counted[1][key]
+
+    def tune_group(self, tasks: list[MetaScheduleTask], trials_per_task: int) -> None:
+        """MetaSchedule's task scheduler over ``tasks``, each up to ``trials_per_task`` new candidates."""
+        shares = [task.trials() + trials_per_task for task in tasks]
+        with _metaschedule_logger_setup():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [task.task for task in tasks], os.fspath(self.work_dir)
+            )
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=os.fspath(self.work_dir),
+            max_trials_global=trials_per_task * len(tasks),
+            max_trials_per_task=trials_per_task,
+            num_trials_per_iter=min(trials_per_task, TRIALS_PER_ROUND),
+            builder=self.builder,
+            runner=self.runner,
+            database=self.database,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), self.progress],
+            # Each task gets its share anyway, so the gradient scheduler's choice gains nothing, and it
+            # holds all results of its first pass over the tasks back: round-robin saves each round.
+            task_scheduler="round-robin",
+        )
+        # The scheduler stops a task short of its share only when its search space ran out.
+        mark_exhausted(self.work_dir, {task.key for task, share in zip(tasks, shares) if task.trials() < share})
+
+
+@dataclasses.dataclass
+class MetaScheduleTask:
+    """A fused PrimFunc whose schedule MetaSchedule searches, its candidates in the JSON database."""
+
+    task: ms.ExtractedTask
+    run: _MetaScheduleRun
+
+    @property
+    def name(self) -> str:
+        return self.task.task_name
+
+    @property
+    def calls(self) -> int:
+        return self.task.weight
+
+    @property
+    def flop(self) -> float:
+        return estimate_tir_flops(self.task.dispatched[0])
+
+    @property
+    def key(self) -> str:
+        """Its workload hash, as the database keys its records."""
+        return ms.utils.shash2hex(self.task.dispatched[0])
+
+    def trials(self) -> int:
+        return self.run.trials(self.key)
+
+    def best_ms(self) -> float | None:
+        """Mean latency of its fastest candidate in the database (top-k leaves failed ones out)."""
+        database, mod = self.run.database, self.task.dispatched[0]
+        records = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
+        return 1e3 * sum(float(value) for value in records[0].run_secs) / len(records[0].run_secs) if records else None
+
+    def missing(self, share: int) -> int:
+        return 0 if self.key in exhausted_tasks(self.run.work_dir) else max(0, share - self.trials())
+
+    @classmethod
+    def tune(cls, tasks: Sequence[MetaScheduleTask], trials: Sequence[int]) -> None:
+        """One scheduler run per number of trials missing (its per-task cap is one number)."""
+        for count, group in _group_by_missing(tasks, trials).items():
+            group[0].run.tune_group(group, count)
+
+
 def tune(
     model: ir.Model,
     spec: TargetSpec,
@@ -326,150 +423,68 @@ def tune(
     conv_layout = tuned_conv_layout(work_dir, default=IMPORTED_CONV_LAYOUT if gated else DENSE_CONV_LAYOUT)
     tasks = extract_tasks(imported, spec, target, conv_layout)
     if not tasks and not gated:
-        raise EdgesparseError("the model has no functions to tune")
+        raise BackendError("the model has no functions to tune")
     work_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase does not create it
     record_conv_layout(work_dir, conv_layout)
     database = ms.database.JSONDatabase(work_dir=os.fspath(work_dir))
     records = GatedScheduleRecords(work_dir)
     with tqdm(desc=f"tuning {len(tasks) + len(gated)} tasks", unit="trial") as bar:
-        run = _TuningRun(
-            tasks,
-            gated,
-            spec,
-            target,
-            runner,
-            work_dir,
-            database,
-            records,
-            measuring_sparsity(optimized),
-            ProgressCallback(bar),
-        )
-        bar.total = max(0, trials - sum(run.counts()))
-        run.up_to([first_round(len(tasks) + len(gated), trials)] * (len(tasks) + len(gated)))
-        counts = run.counts()
-        shares = [
-            count + extra for count, extra in zip(counts, extra_trials(run.times_ms(), trials - sum(counts), counts))
+        progress, builder, sparsity = ProgressCallback(bar), make_builder(spec), measuring_sparsity(optimized)
+        dense = _MetaScheduleRun(work_dir, database, builder, runner, progress)
+        tuning_tasks: list[TuningTask] = [MetaScheduleTask(task, dense) for task in tasks]
+        tuning_tasks += [
+            GatedTask(workload, records, target, sparsity, builder, runner, progress.count) for workload in gated
         ]
-        bar.total = bar.n + sum(run.missing(shares))
+        bar.total = max(0, trials - sum(task.trials() for task in tuning_tasks))
+        _tune_up_to(tuning_tasks, [first_round(len(tuning_tasks), trials)] * len(tuning_tasks))
+        counts = [task.trials() for task in tuning_tasks]
+        extra = extra_trials(_times_ms(tuning_tasks), trials - sum(counts), counts)
+        shares = [count + more for count, more in zip(counts, extra)]
+        bar.total = bar.n + sum(task.missing(share) for task, share in zip(tuning_tasks, shares))
         bar.refresh()
-        run.up_to(shares)
-    results = [
-        TaskResult(task.task_name, count, best_ms(database, task), task.weight, estimate_tir_flops(task.dispatched[0]))
-        for task, count in zip(tasks, trials_in_database(database, tasks))
-    ]
-    results += [
-        TaskResult(
-            workload.name, len(records.measured(workload.key)), records.best_ms(workload.key), workload.calls, None
-        )
-        for workload in gated
-    ]
-    return TuningSummary(work_dir, target, conv_layout, results, run.progress.measured, run.progress.failed)
+        _tune_up_to(tuning_tasks, shares)
+    results = [TaskResult(task.name, task.trials(), task.best_ms(), task.calls, task.flop) for task in tuning_tasks]
+    return TuningSummary(work_dir, target, conv_layout, results, progress.measured, progress.failed)
 
 
-@dataclasses.dataclass
-class _TuningRun:
-    """One tune() call's tasks (MetaSchedule's, then the gated workloads), where their candidates are
-    measured and where they are recorded."""
+def _times_ms(tasks: Sequence[TuningTask]) -> list[float | None]:
+    """Per task, its best time per model run (its calls counted); None for a task that cannot take more
+    trials or has no time."""
+    times = []
+    for task in tasks:
+        best = task.best_ms()
+        times.append(None if task.missing(task.trials() + 1) == 0 or best is None else best * task.calls)
+    return times
 
-    tasks: list[ms.ExtractedTask]
-    gated: list[GatedWorkload]
-    spec: TargetSpec
-    target: Target
-    runner: ms.runner.Runner
-    work_dir: Path
-    database: ms.database.Database
-    records: GatedScheduleRecords
-    sparsity: float
-    progress: ProgressCallback
 
-    def counts(self) -> list[int]:
-        """Per task, the candidates measured so far."""
-        return trials_in_database(self.database, self.tasks) + [
-            len(self.records.measured(workload.key)) for workload in self.gated
-        ]
-
-    def missing(self, shares: Sequence[int]) -> list[int]:
-        """Per task, what it lacks for its share; none for a task whose search space ran out."""
-        exhausted = exhausted_tasks(self.work_dir)
-        dense = zip(self.tasks, shares, trials_in_database(self.database, self.tasks))
-        return [0 if task_key(task) in exhausted else max(0, share - count) for task, share, count in dense] + [
-            len(workload.unmeasured(self.records, share))
-            for workload, share in zip(self.gated, shares[len(self.tasks) :])
-        ]
-
-    def times_ms(self) -> list[float | None]:
-        """Per task, its best time per model run (its calls counted); None for a task that cannot take
-        more trials or has no time."""
-        no_more = self.missing([count + 1 for count in self.counts()])
-        best = [best_ms(self.database, task) for task in self.tasks] + [
-            self.records.best_ms(workload.key) for workload in self.gated
-        ]
-        calls = [task.weight for task in self.tasks] + [workload.calls for workload in self.gated]
-        return [None if lack == 0 or time is None else time * count for lack, time, count in zip(no_more, best, calls)]
-
-    def up_to(self, shares: Sequence[int]) -> None:
-        """Measures each task's missing candidates for its share."""
-        missing = self.missing(shares)[: len(self.tasks)]
-        share_of = dict(zip(map(task_key, self.tasks), shares))
-        for count, group in _group_by_missing(self.tasks, missing).items():
-            _tune_group(group, count, self.work_dir, self.database, make_builder(self.spec), self.runner, self.progress)
-            # The scheduler stops a task short of its share only when its search space ran out.
-            done = trials_in_database(self.database, group)
-            mark_exhausted(
-                self.work_dir, {key for key, count in zip(map(task_key, group), done) if count < share_of[key]}
-            )
-        gated_shares = shares[len(self.tasks) :]
-        for workload, measured, failed in tune_gated(
-            self.gated, self.target, self.records, gated_shares, self.sparsity, make_builder(self.spec), self.runner
-        ):
-            self.progress.count(workload.name, measured, failed, self.records.best_ms(workload.key))
+def _tune_up_to(tasks: Sequence[TuningTask], shares: Sequence[int]) -> None:
+    """Measures each task's missing candidates for its share: the tasks of a kind together, each kind in
+    the order of its first task."""
+    kinds: dict[type, tuple[list[TuningTask], list[int]]] = {}
+    for task, share in zip(tasks, shares):
+        batch, missing = kinds.setdefault(type(task), ([], []))
+        batch.append(task)
+        missing.append(task.missing(share))
+    for kind, (batch, missing) in kinds.items():
+        kind.tune(batch, missing)
 
 
 def _check_request(spec: TargetSpec, trials: int, rpc_address: RPCAddress | None) -> None:
     if spec.name not in TUNABLE_TARGETS:
-        raise EdgesparseError(
+        raise BackendError(
             f"--target {spec.name} cannot be tuned (tunable: {', '.join(TUNABLE_TARGETS)}); its builds use "
             "dlight schedules"
         )
     if trials < 1:
-        raise EdgesparseError(f"--trials {trials}: at least 1")
+        raise BackendError(f"--trials {trials}: at least 1")
     if spec.name != "llvm" and rpc_address is None:
-        raise EdgesparseError(f"--target {spec.name} measures on the board: give its tracker with --rpc HOST:PORT:KEY")
+        raise BackendError(f"--target {spec.name} measures on the board: give its tracker with --rpc HOST:PORT:KEY")
 
 
-def _group_by_missing(tasks: list[ms.ExtractedTask], missing: list[int]) -> dict[int, list[ms.ExtractedTask]]:
+def _group_by_missing(tasks: Sequence[MetaScheduleTask], missing: Sequence[int]) -> dict[int, list[MetaScheduleTask]]:
     """Tasks by the trials they miss (none: left out): one scheduler run a group, as its per-task cap is one number."""
-    groups: dict[int, list[ms.ExtractedTask]] = {}
+    groups: dict[int, list[MetaScheduleTask]] = {}
     for task, count in zip(tasks, missing):
         if count > 0:
             groups.setdefault(count, []).append(task)
     return groups
-
-
-def _tune_group(
-    tasks: list[ms.ExtractedTask],
-    trials_per_task: int,
-    work_dir: Path,
-    database: ms.database.Database,
-    builder: ms.builder.Builder,
-    runner: ms.runner.Runner,
-    progress: ProgressCallback,
-) -> None:
-    """MetaSchedule's task scheduler over ``tasks``, each up to ``trials_per_task`` new candidates."""
-    with _metaschedule_logger_setup():
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, os.fspath(work_dir))
-    ms.tune_tasks(
-        tasks=contexts,
-        task_weights=weights,
-        work_dir=os.fspath(work_dir),
-        max_trials_global=trials_per_task * len(tasks),
-        max_trials_per_task=trials_per_task,
-        num_trials_per_iter=min(trials_per_task, TRIALS_PER_ROUND),
-        builder=builder,
-        runner=runner,
-        database=database,
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
-        # Each task gets its share anyway, so the gradient scheduler's choice gains nothing, and it
-        # holds all results of its first pass over the tasks back: round-robin saves each round.
-        task_scheduler="round-robin",
-    )

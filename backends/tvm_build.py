@@ -22,11 +22,11 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import GatedConvSchedule, shape_of
 from edgesparse.backends.input_transpose_fusion import fuse_input_transpose
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.targets import TargetSpec
-from edgesparse.passes.errors import EdgesparseError
 
 # What ms.database.JSONDatabase(work_dir=...) reads and writes.
 TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -130,8 +130,8 @@ def _split_weight_prepack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) ->
 
 def _exec_mode(spec: TargetSpec) -> str:
     """CPU builds compile ``main`` itself to machine code ("compiled"): the bytecode interpreter's cost
-    per instruction (allocations, calls) was a third or more of a tuned small net's run on the host (the
-    README's Benchmarks). GPU builds keep the bytecode: no GPU here runs the compiled form to check it."""
+    per instruction (allocations, calls) can outweigh a tuned small net's kernels (docs/benchmarks.md).
+    GPU builds keep the bytecode: the compiled form is not checked on a GPU."""
     return "bytecode" if spec.is_gpu else "compiled"
 
 
@@ -145,9 +145,7 @@ def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
     """The MetaSchedule JSON database that tuning wrote into ``directory``."""
     missing = [name for name in TUNING_DATABASE_FILES if not (Path(directory) / name).is_file()]
     if missing:
-        raise EdgesparseError(
-            f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)"
-        )
+        raise BackendError(f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)")
     return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
 
 
@@ -160,9 +158,9 @@ def tuned_conv_layout(directory: str | os.PathLike, default: str = IMPORTED_CONV
     try:
         layout = json.loads(path.read_text())["conv2d"]
     except (ValueError, TypeError, KeyError):
-        raise EdgesparseError(f'{path}: not a conv layout record (expected {{"conv2d": "NHWC"}} or "NCHW")') from None
+        raise BackendError(f'{path}: not a conv layout record (expected {{"conv2d": "NHWC"}} or "NCHW")') from None
     if layout not in CONV_KERNEL_LAYOUTS:
-        raise EdgesparseError(f"{path}: unknown conv2d layout {layout!r} (known: {', '.join(CONV_KERNEL_LAYOUTS)})")
+        raise BackendError(f"{path}: unknown conv2d layout {layout!r} (known: {', '.join(CONV_KERNEL_LAYOUTS)})")
     return layout
 
 
@@ -223,7 +221,7 @@ def build(
         conv_layout,
     )
     if spec.is_gpu and (missing := functions_without_kernel(result)):
-        raise EdgesparseError(
+        raise BackendError(
             f"{spec.name}: no GPU kernel for {', '.join(missing)} (unscheduled, they would run as host code)"
         )
     return result

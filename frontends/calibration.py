@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 from PIL import Image
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.frontends.errors import FrontendError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -34,9 +34,9 @@ def load_calibration_inputs(
     elif source.is_dir():
         files = image_files(source, also=(".npz",))
     else:
-        raise EdgesparseError(f"--calibrate {source}: no such directory or .npz file")
+        raise FrontendError(f"--calibrate {source}: no such directory or .npz file")
     if not files:
-        raise EdgesparseError(f"--calibrate {source}: no PNG, JPEG or .npz files in it")
+        raise FrontendError(f"--calibrate {source}: no PNG, JPEG or .npz files in it")
     return [load_sample(path, model) for path in files[:limit]]
 
 
@@ -45,15 +45,15 @@ def load_sample(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
         with np.load(path) as archive:
             return dict(archive)
     if len(model.graph.inputs) != 1:
-        raise EdgesparseError(f"--calibrate {path}: photos calibrate one-input models only; give .npz samples")
+        raise FrontendError(f"--calibrate {path}: photos calibrate one-input models only; give .npz samples")
     value = model.graph.inputs[0]
     batch, channels, height, width = value.shape
     if channels not in (1, 3):
-        raise EdgesparseError(f"--calibrate {path}: the model's input has {channels} channels; photos give 1 or 3")
+        raise FrontendError(f"--calibrate {path}: the model's input has {channels} channels; photos give 1 or 3")
     try:
         image = Image.open(path).convert("RGB" if channels == 3 else "L")
     except OSError as exc:
-        raise EdgesparseError(f"--calibrate {path}: cannot read the image ({exc})") from None
+        raise FrontendError(f"--calibrate {path}: cannot read the image ({exc})") from None
     pixels = center_crop(image, height, width)
     array = np.asarray(pixels, dtype=np.float32).reshape(height, width, channels).transpose(2, 0, 1) / 255.0
     return {value.name: np.broadcast_to(array, (batch, channels, height, width)).copy()}

@@ -14,16 +14,17 @@ import onnx.version_converter
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.frontends.errors import FrontendError
+from edgesparse.passes.cleanup import shape_inference_pass
 
 MIN_OPSET = 13
 
 
 def load_onnx(path: str | os.PathLike) -> ir.Model:
-    """Reads an ``.onnx`` file; a missing file or one that is not ONNX raises :class:`EdgesparseError`."""
+    """Reads an ``.onnx`` file; a missing file or one that is not ONNX raises :class:`FrontendError`."""
     path = Path(path)
     if not path.is_file():
-        raise EdgesparseError(f"{path}: no such file")
+        raise FrontendError(f"{path}: no such file")
     return onnx_bytes_to_ir(path.read_bytes(), source=str(path))
 
 
@@ -33,10 +34,10 @@ def onnx_bytes_to_ir(data: bytes, *, source: str = "<bytes>") -> ir.Model:
     try:
         proto.ParseFromString(data)
     except DecodeError as exc:
-        raise EdgesparseError(f"{source}: not an ONNX model ({exc})") from None
+        raise FrontendError(f"{source}: not an ONNX model ({exc})") from None
     # Protobuf happily parses many non-ONNX byte strings into an empty message: a model has a graph.
     if not proto.graph.node or proto.ir_version == 0:
-        raise EdgesparseError(f"{source}: not an ONNX model (no graph nodes or no ir_version)")
+        raise FrontendError(f"{source}: not an ONNX model (no graph nodes or no ir_version)")
     return proto_to_ir(proto, source=source)
 
 
@@ -46,7 +47,7 @@ def proto_to_ir(proto: onnx.ModelProto, *, source: str = "<model>") -> ir.Model:
         try:
             proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
         except Exception as exc:  # the converter raises bare RuntimeErrors from C++
-            raise EdgesparseError(f"{source}: cannot upgrade opset {opset} to {MIN_OPSET}: {exc}") from None
+            raise FrontendError(f"{source}: cannot upgrade opset {opset} to {MIN_OPSET}: {exc}") from None
     model = ir.serde.deserialize_model(proto)
     return infer_shapes(model)
 
@@ -59,9 +60,6 @@ def default_opset(proto: onnx.ModelProto) -> int:
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
-    # Imported lazily: the passes package registers its passes on import.
-    from edgesparse.passes.cleanup import shape_inference_pass
-
     return shape_inference_pass()(model).model
 
 
@@ -70,14 +68,12 @@ def set_input_shapes(model: ir.Model, shapes: dict[str, list[int]]) -> ir.Model:
     inputs = {value.name: value for value in model.graph.inputs}
     for name, dims in shapes.items():
         if name not in inputs:
-            raise EdgesparseError(
+            raise FrontendError(
                 f"--input-shape {name}: the model has no input of that name (inputs: {', '.join(inputs)})"
             )
         old = inputs[name].shape
         if old is not None and len(old) != len(dims):
-            raise EdgesparseError(
-                f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(old)}"
-            )
+            raise FrontendError(f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(old)}")
         inputs[name].shape = ir.Shape(dims)
     # Shape inference keeps shapes already recorded on values: forget the ones derived from the old dims.
     for node in model.graph:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from edgesparse.frontends.errors import FrontendError
 from edgesparse.frontends.onnx_frontend import load_onnx, set_input_shapes
-from edgesparse.passes.errors import EdgesparseError
 
 # PaddleOCR's text-direction classifier (MobileNetV3-style: SE blocks, hard-swish, BN, weights as
 # Constant nodes) in rapidocr-onnxruntime; its input is [N, 3, 48, 192] text-line crops.
@@ -19,7 +19,7 @@ def rapidocr_classifier_path() -> Path:
     try:
         import rapidocr_onnxruntime
     except ImportError:
-        raise EdgesparseError("rapidocr-onnxruntime is not installed (pip install -e '.[test]')") from None
+        raise FrontendError("rapidocr-onnxruntime is not installed (pip install -e '.[test]')") from None
     return Path(rapidocr_onnxruntime.__file__).parent / RAPIDOCR_CLASSIFIER
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgesparse.passes.channel_deps import CHANNEL_AXIS, Slot, analyze_channels, channel_count, node_name
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.channel_deps import analyze_channels
+from edgesparse.passes.channel_ops import CHANNEL_AXIS, Slot, channel_count, node_name
+from edgesparse.passes.errors import PassError
 from edgesparse.passes.initializers import add_initializer, fresh_name
 
 Masks = dict[str, list[int]]
@@ -29,10 +30,10 @@ MASKED_LAYERS = ("Conv", "ConvTranspose", "Gemm")
 
 
 def load_masks(path: str | os.PathLike) -> Masks:
-    """Reads a ``.json`` or ``.npz`` mask file; a file that is not one is an :class:`EdgesparseError`."""
+    """Reads a ``.json`` or ``.npz`` mask file; a file that is not one is a :class:`PassError`."""
     path = Path(path)
     if not path.is_file():
-        raise EdgesparseError(f"masks {path}: no such file")
+        raise PassError(f"masks {path}: no such file")
     try:
         if path.suffix == ".npz":
             with np.load(path) as archive:
@@ -40,18 +41,18 @@ def load_masks(path: str | os.PathLike) -> Masks:
         elif path.suffix == ".json":
             entries = json.loads(path.read_text())
         else:
-            raise EdgesparseError(f"masks {path}: expected a .json or .npz file")
+            raise PassError(f"masks {path}: expected a .json or .npz file")
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise EdgesparseError(f"masks {path}: cannot read it ({exc})") from None
+        raise PassError(f"masks {path}: cannot read it ({exc})") from None
     if not isinstance(entries, dict):
-        raise EdgesparseError(f"masks {path}: expected a mapping of node names to kept channel indices")
+        raise PassError(f"masks {path}: expected a mapping of node names to kept channel indices")
     return {name: _kept_indices(path, name, kept) for name, kept in entries.items()}
 
 
 def _kept_indices(path: Path, name: str, kept) -> list[int]:
     array = np.asarray(kept)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
-        raise EdgesparseError(
+        raise PassError(
             f"masks {path}: {name!r} must be a list of kept channel indices, not an array of shape "
             f"{list(array.shape)} and type {array.dtype}"
         )
@@ -67,18 +68,18 @@ def insert_masks(model: ir.Model, masks: Mapping[str, Sequence[int]]) -> None:
     for name, kept in masks.items():
         if name not in nodes:
             layers = [node_name(node) for node in model.graph if node.op_type in MASKED_LAYERS]
-            raise EdgesparseError(
+            raise PassError(
                 f"masks: no node or node output named {name!r} (layers: "
                 f"{', '.join(layers[:8])}{', ...' if len(layers) > 8 else ''})"
             )
         output = nodes[name].outputs[0]
         count = channel_count(output)
         if count is None:
-            raise EdgesparseError(f"masks: the output of {name!r} has no static channel axis (shape {output.shape})")
+            raise PassError(f"masks: the output of {name!r} has no static channel axis (shape {output.shape})")
         if output.is_graph_output():
-            raise EdgesparseError(f"masks: {name!r} produces the graph output {output.name!r}, which keeps its width")
+            raise PassError(f"masks: {name!r} produces the graph output {output.name!r}, which keeps its width")
         if len(set(kept)) != len(kept) or not all(0 <= index < count for index in kept):
-            raise EdgesparseError(
+            raise PassError(
                 f"masks: {name!r} has {count} output channels; its kept indices must be distinct and in [0, "
                 f"{count}), got {list(kept)}"
             )

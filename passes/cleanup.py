@@ -26,6 +26,9 @@ from onnxscript.rewriter.rules.common import (
 
 from edgesparse.passes.registry import register_pass
 
+# The clean-up every later pass relies on, in order (the ``default`` of a pipeline).
+CLEANUP_PASSES = ("lift-constants", "fold-constants", "fold-batchnorm", "remove-unused", "shape-inference")
+
 
 @register_pass("shape-inference")
 def shape_inference_pass() -> ir.passes.PassBase:

@@ -1,18 +1,20 @@
 """``featreg``: each FeatReg gate + the Conv reading it becomes one ``edgesparse::GatedConv``.
 
 Gates (each zeroes the elements <= a threshold t, per element):
-    Relu(x)                        t = 0
-    ThresholdedRelu(x, alpha)      t = alpha
-    Where(Greater(x, t), x, 0)     t = a scalar constant (what ``torch.where(x > t, x, 0)`` exports)
+    Relu(x), Max(x, 0), Clip(x, 0) without a max      t = 0
+    ThresholdedRelu(x, alpha)                         t = alpha
+    Where(Greater(x, t), x, 0)                        t = a constant; 0 any all-zero constant that
+                                                      broadcasts to x (``torch.zeros_like`` exports a full one)
+Clip(x, 0, 6) is not a gate (a gate then a clip) and stays as it is.
 Convs rewritten: 2-D, groups 1 or depthwise, weight and bias constant initializers read by this conv
 only (a shared weight is refused, as onnxscript's rules refuse it), explicit padding.
 
 Thresholds, per gate: as trained; or sparsity level S from the model's metadata ``featreg.levels``
-(``{"0.9": {gate node name: t, ...}, ...}``, written by the FeatReg exporter); or, for a level the
-metadata lacks, calibrated on real inputs (``calibrate``: photos or .npz files, or, from Python, a
-list of input dicts): gate by gate in graph order, the S-quantile of the gate's
-input on those inputs with the gates before it already set (halfway between two feature values, never
-on one), never below the trained threshold.
+(``{"0.9": {gate node name: t, ...}, ...}``, written by the FeatReg exporter); or, for a level the metadata
+lacks, calibrated on real inputs (``calibrate``: a sequence of input dicts; the command line reads them from
+photos or .npz files with ``edgesparse.frontends.calibration``): gate by gate in graph order, the S-quantile
+of the gate's input on those inputs with the gates before it already set (halfway between two feature
+values, never on one), never below the trained threshold.
 
 Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
 conv below ``min_sparsity`` (where the gated kernel would be slower than dense; by default the
@@ -27,26 +29,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.cleanup import CLEANUP_PASSES
+from edgesparse.passes.errors import PassError
 from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE, add_gated_conv_function
 from edgesparse.passes.macs import node_macs
+from edgesparse.passes.onnxruntime_ref import run_onnxruntime
 from edgesparse.passes.registry import register_pass
-from edgesparse.passes.report import record
+from edgesparse.passes.report import FeatRegSummary, GatedLayer, GatedLayers, record
 
 # Sparsity (fraction of gated-off input elements, each pixel its own random active set) below which
 # the gated kernel (backends/gated_conv.py, default_schedule) for a 3x3 conv 64->64 on 1x64x128x128 is
-# slower than ONNX Runtime's dense conv (all threads, full optimizations) on the development host:
-# 2-core AMD EPYC (Zen 4, AVX-512), TVM_NUM_THREADS=2. Measured by `python tools/bench.py --sections
-# gated` (it prints the crossing, interpolated between levels) in two runs with no other process using the CPU:
-# 37% and 34%. At 0% the kernel ran at 0.60-0.66x of ONNX Runtime's speed, at 90% 5.5-5.6x, at 95% 8.0x. A run while
-# another job loads the host slows ONNX Runtime more than this kernel and moves the crossing down.
+# slower than ONNX Runtime's dense conv (all threads, full optimizations): below it the masks cost more
+# than the skipped multiply-adds save, so such a conv stays dense (--min-sparsity overrides it).
+# `python tools/bench.py --sections gated` prints the crossing, interpolated between levels; the runs this
+# value comes from are in docs/benchmarks.md. Measure on an otherwise idle CPU: other load slows ONNX
+# Runtime more than this kernel and moves the crossing down.
 BREAK_EVEN_SPARSITY = 0.35
 
 LEVELS_METADATA_KEY = "featreg.levels"
@@ -64,15 +67,31 @@ class Gate:
         return self.node.name
 
 
-def scalar_constant(value: ir.Value | None) -> float | None:
+def uniform_constant(value: ir.Value | None, feature: ir.Value) -> float | None:
+    """The one value of a constant whose elements are all equal and that broadcasts to ``feature``'s shape
+    without growing it (a scalar, or a full ``zeros_like`` tensor as ``torch.where(x > t, x, 0 * x)``
+    exports); None for anything else."""
     tensor = value.const_value if value is not None else None
-    if tensor is None or tensor.size != 1:
+    if tensor is None or tensor.size == 0:
         return None
-    return float(tensor.numpy().reshape(()))
+    array = tensor.numpy()
+    if not np.all(array == array.flat[0]):
+        return None
+    if array.ndim > 0:
+        shape = feature.shape
+        if shape is None or not shape.is_static() or len(array.shape) > len(shape):
+            return None
+        try:
+            if np.broadcast_shapes(array.shape, tuple(shape)) != tuple(shape):
+                return None
+        except ValueError:
+            return None
+    return float(array.flat[0])
 
 
 def match_gate(value: ir.Value) -> Gate | None:
-    """The gate producing ``value``, or None."""
+    """The gate producing ``value``, or None. Every form is exact: each zeroes the elements <= t and keeps
+    the rest as they are."""
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
@@ -80,6 +99,17 @@ def match_gate(value: ir.Value) -> Gate | None:
         return Gate(node, node.inputs[0], 0.0)
     if node.op_type == "ThresholdedRelu":
         return Gate(node, node.inputs[0], node.attributes.get_float("alpha", 1.0))
+    if node.op_type == "Max" and len(node.inputs) == 2:
+        for feature, other in (node.inputs, reversed(node.inputs)):
+            if feature.const_value is None and uniform_constant(other, feature) == 0.0:
+                return Gate(node, feature, 0.0)
+        return None
+    if node.op_type == "Clip":
+        # Clip(x, 0) with no max is Relu; with a max it is a gate followed by a clip, not a gate.
+        feature, low, high = (list(node.inputs) + [None, None])[:3]
+        if high is None and uniform_constant(low, feature) == 0.0:
+            return Gate(node, feature, 0.0)
+        return None
     if node.op_type == "Where":
         condition, kept, other = node.inputs
         compare = condition.producer()
@@ -87,10 +117,10 @@ def match_gate(value: ir.Value) -> Gate | None:
             compare is None
             or compare.op_type != "Greater"
             or compare.inputs[0] is not kept
-            or scalar_constant(other) != 0.0
+            or uniform_constant(other, kept) != 0.0
         ):
             return None
-        threshold = scalar_constant(compare.inputs[1])
+        threshold = uniform_constant(compare.inputs[1], kept)
         return Gate(node, kept, threshold) if threshold is not None else None
     return None
 
@@ -162,8 +192,6 @@ def gated_convs(graph: ir.Graph) -> list[tuple[ir.Node, Gate]]:
 
 def gate_inputs_on(model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Each gate's input on every calibration sample (ONNX Runtime), stacked, by gate name."""
-    from edgesparse.backends.onnxruntime_ref import run_onnxruntime
-
     probe = model.clone()
     values = {output.name: output for node in probe.graph for output in node.outputs}
     values.update({value.name: value for value in probe.graph.inputs})
@@ -187,26 +215,39 @@ def threshold_for_sparsity(features: np.ndarray, sparsity: float) -> float:
     return float(values[gated_off - 1] + (values[gated_off] - values[gated_off - 1]) / 2)
 
 
-@register_pass("featreg")
+@register_pass("featreg", requires=CLEANUP_PASSES)
 class FeatRegPass(ir.passes.InPlacePass):
     def __init__(
         self,
         sparsity: float | None = None,
-        calibrate: str | os.PathLike | Sequence[dict[str, np.ndarray]] | None = None,
+        calibrate: Sequence[dict[str, np.ndarray]] | None = None,
         min_sparsity: float = BREAK_EVEN_SPARSITY,
-        calibration_limit: int = 16,
     ):
+        if sparsity is not None and not 0.0 < sparsity < 1.0:
+            raise PassError(f"featreg: sparsity {sparsity} is not a fraction between 0 and 1 (exclusive)")
+        if not 0.0 <= min_sparsity <= 1.0:
+            raise PassError(f"featreg: min_sparsity {min_sparsity} is not a fraction between 0 and 1")
         self.sparsity = sparsity
         self.calibrate = calibrate
         self.min_sparsity = min_sparsity
-        self.calibration_limit = calibration_limit
+
+    def apply_level(self, model: ir.Model, samples: list[dict[str, np.ndarray]]) -> None:
+        """Sets every gate to the asked level's threshold (nothing without a level): the one change of the
+        model's outputs the pass makes, by design."""
+        gates = {gate.name: gate for _, gate in gated_convs(model.graph)}
+        for name, threshold in self.thresholds(model, list(gates.values()), samples).items():
+            set_threshold(model.graph, gates[name], threshold)
+
+    def expected_model(self, model: ir.Model) -> ir.Model:
+        """What the pass's result must compute (``--debug`` checks it): ``model`` at the level's thresholds."""
+        expected = model.clone()
+        self.apply_level(expected, list(self.calibrate or []))
+        return expected
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        samples = self.calibration_samples(model)
-        gates = {gate.name: gate for _, gate in gated_convs(graph)}
-        for name, threshold in self.thresholds(model, list(gates.values()), samples).items():
-            gates[name] = set_threshold(graph, gates[name], threshold)
+        samples = list(self.calibrate or [])
+        self.apply_level(model, samples)
         pairs = gated_convs(graph)
         measured = gate_inputs_on(model, [gate for _, gate in pairs], samples) if samples else {}
 
@@ -225,38 +266,24 @@ class FeatRegPass(ir.passes.InPlacePass):
                 replace_node(graph, conv, gated_conv_node(conv, gate.input, gate.threshold, graph))
                 modified = True
             layers.append(
-                {
-                    "name": conv.name,
-                    "op": "Conv" if reason else OP_TYPE,
-                    "gate": gate.name,
-                    "threshold": gate.threshold,
-                    "input_sparsity": sparsity,
-                    "dense_macs": dense_macs,
-                    "effective_macs": dense_macs
-                    if reason or sparsity is None
-                    else round(dense_macs * (1.0 - sparsity)),
-                    **({"kept_dense_because": reason} if reason else {}),
-                }
+                GatedLayer(
+                    name=conv.name,
+                    op="Conv" if reason else OP_TYPE,
+                    gate=gate.name,
+                    threshold=gate.threshold,
+                    input_sparsity=sparsity,
+                    dense_macs=dense_macs,
+                    effective_macs=dense_macs if reason or sparsity is None else round(dense_macs * (1.0 - sparsity)),
+                    kept_dense_because=reason,
+                )
             )
         if modified:
             add_gated_conv_function(model)
             common.RemoveUnusedNodesPass()(model)
-        record(model, "layers", layers)
-        record(
-            model,
-            "featreg",
-            {"sparsity_level": self.sparsity, "calibration_samples": len(samples), "min_sparsity": self.min_sparsity},
-        )
+        record(model, GatedLayers(tuple(layers)))
+        rewritten = sum(layer.op == OP_TYPE for layer in layers)
+        record(model, FeatRegSummary(self.sparsity, len(samples), self.min_sparsity, len(layers), rewritten))
         return ir.passes.PassResult(model, modified)
-
-    def calibration_samples(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
-        if self.calibrate is None:
-            return []
-        if not isinstance(self.calibrate, (str, os.PathLike)):  # samples in memory, from a Python caller
-            return list(self.calibrate)[: self.calibration_limit]
-        from edgesparse.frontends.calibration import load_calibration_inputs
-
-        return load_calibration_inputs(self.calibrate, model, self.calibration_limit)
 
     def thresholds(self, model: ir.Model, gates: list[Gate], samples: list[dict[str, np.ndarray]]) -> dict[str, float]:
         """gate name -> threshold for the asked level (empty: keep the trained thresholds)."""
@@ -267,14 +294,14 @@ class FeatRegPass(ir.passes.InPlacePass):
         if level is not None:
             missing = sorted({gate.name for gate in gates} - set(level))
             if missing:
-                raise EdgesparseError(
+                raise PassError(
                     f"featreg: level {self.sparsity} in the model's metadata has no threshold for gate(s) "
                     f"{', '.join(missing)}"
                 )
             return {gate.name: float(level[gate.name]) for gate in gates}
         if not samples:
             known = ", ".join(sorted(levels)) or "none"
-            raise EdgesparseError(
+            raise PassError(
                 f"featreg: sparsity {self.sparsity} is not among the model's levels ({known}); give --calibrate "
                 "inputs to calibrate it"
             )

@@ -15,7 +15,8 @@ import math
 
 import onnx_ir as ir
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.cleanup import FoldConstantsPass, shape_inference_pass
+from edgesparse.passes.errors import PassError
 from edgesparse.passes.gated_conv_op import is_gated_conv
 
 
@@ -59,7 +60,7 @@ def node_macs(node: ir.Node) -> int:
     return 0
 
 
-class UnknownShapeError(EdgesparseError):
+class UnknownShapeError(PassError):
     pass
 
 
@@ -72,8 +73,6 @@ def count_macs(model: ir.Model) -> list[NodeMacs]:
     try:
         return _count_macs(model)
     except UnknownShapeError:
-        from edgesparse.passes.cleanup import FoldConstantsPass, shape_inference_pass
-
         folded = shape_inference_pass()(FoldConstantsPass()(model.clone()).model).model
         return _count_macs(folded)
 

@@ -12,20 +12,25 @@ from typing import Any
 import onnx_ir as ir
 
 from edgesparse.passes import cleanup, featreg, strip_channels  # noqa: F401  (the built-in passes register on import)
-from edgesparse.passes.errors import EdgesparseError
-from edgesparse.passes.registry import create_pass
+from edgesparse.passes.cleanup import CLEANUP_PASSES
+from edgesparse.passes.errors import EdgesparseError, PassError
+from edgesparse.passes.registry import create_pass, required_passes
 from edgesparse.passes.verify import VerifiedPass
 
-DEFAULT_PASSES = ("lift-constants", "fold-constants", "fold-batchnorm", "remove-unused", "shape-inference")
+DEFAULT_PASSES = CLEANUP_PASSES
 
 
 def expand_pass_names(names: Sequence[str] | str) -> list[str]:
-    """Splits a comma list and expands ``default``."""
+    """Splits a comma list, expands ``default``, and puts before each pass the passes it requires that the
+    list does not run earlier (``--passes strip-channels`` runs the clean-up first, as TVM's pipelines
+    run a pass's prerequisites)."""
     if isinstance(names, str):
         names = [name.strip() for name in names.split(",") if name.strip()]
     expanded: list[str] = []
     for name in names:
-        expanded.extend(DEFAULT_PASSES if name == "default" else [name])
+        for step in DEFAULT_PASSES if name == "default" else [name]:
+            expanded.extend(required for required in required_passes(step) if required not in expanded)
+            expanded.append(step)
     return expanded
 
 
@@ -45,7 +50,7 @@ def build_pipeline(
         pass_ = create_pass(name, **pass_options.get(name, {}))
         passes.append(VerifiedPass(pass_, name) if debug else pass_)
     if not passes:
-        raise EdgesparseError("the pass list is empty")
+        raise PassError("the pass list is empty")
     return ir.passes.PassManager(passes, steps=1)
 
 

@@ -14,30 +14,40 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.errors import PassError
 
 PassFactory = Callable[..., ir.passes.PassBase]
 
 _REGISTRY: dict[str, PassFactory] = {}
+# pass -> the passes that must have run before it (shapes inferred, constants folded...)
+_REQUIRES: dict[str, tuple[str, ...]] = {}
 
 
-def register_pass(name: str, *, replace: bool = False) -> Callable[[PassFactory], PassFactory]:
-    """Decorator: registers a pass class or factory under ``name``."""
+def register_pass(
+    name: str, *, requires: tuple[str, ...] = (), replace: bool = False
+) -> Callable[[PassFactory], PassFactory]:
+    """Decorator: registers a pass class or factory under ``name``. ``requires``: registered passes that a
+    pipeline runs before this one when the list given does not already run them earlier."""
 
     def decorator(factory: PassFactory) -> PassFactory:
         if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
-            raise EdgesparseError(f"pass {name!r} is already registered (by {_REGISTRY[name]!r})")
+            raise PassError(f"pass {name!r} is already registered (by {_REGISTRY[name]!r})")
         _REGISTRY[name] = factory
+        _REQUIRES[name] = tuple(requires)
         return factory
 
     return decorator
+
+
+def required_passes(name: str) -> tuple[str, ...]:
+    return _REQUIRES.get(name, ())
 
 
 def create_pass(name: str, **options) -> ir.passes.PassBase:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise EdgesparseError(f"unknown pass {name!r} (registered: {', '.join(registered_passes())})") from None
+        raise PassError(f"unknown pass {name!r} (registered: {', '.join(registered_passes())})") from None
     return factory(**options)
 
 
@@ -50,7 +60,7 @@ def load_plugin(spec: str) -> None:
     if spec.endswith(".py"):
         path = Path(spec)
         if not path.is_file():
-            raise EdgesparseError(f"--plugin {spec}: no such file")
+            raise PassError(f"--plugin {spec}: no such file")
         module_name = f"edgesparse_plugin_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
@@ -60,4 +70,4 @@ def load_plugin(spec: str) -> None:
     try:
         importlib.import_module(spec)
     except ModuleNotFoundError as exc:
-        raise EdgesparseError(f"--plugin {spec}: {exc}") from None
+        raise PassError(f"--plugin {spec}: {exc}") from None

@@ -9,57 +9,51 @@ is removed when
   Reshapes that mix channels with other axes and weights shared between nodes keep theirs, and
 - every layer summing one of its channels into its outputs can do without it: the layer's weights never
   read it, or it is 0, or it is a constant whose contribution is folded exactly into the layer's bias
-  (Conv without padding, Gemm). A constant read by a padded Conv is kept: at the borders it is no bias.
-  A masked channel followed by a BatchNormalization is such a constant, not a 0.
+  (Conv without padding, Gemm: the ``fold`` of its handler in channel_ops). A constant read by a padded
+  Conv is kept: at the borders it is no bias. A masked channel followed by a BatchNormalization is such
+  a constant, not a 0.
 What it cannot prove safe it leaves as it is, and says why in the report.
 
 Preserves: the model's outputs (up to float rounding of folded biases), its inputs and outputs, and
 every channel it keeps. Removes the channels from every weight, bias, BatchNormalization parameter, mask,
-Conv group count, Split/Slice/Reshape/Resize shape constant and value shape of their group; then deletes
-masks left all ones and initializers left unused. Constant nodes become initializers first, as
-``lift-constants`` does. Records ``strip_channels`` for the report: each layer's input and output
-channels before and after, and the pruned channels it kept, by reason.
+Conv group count, Split/Slice/Reshape/Resize shape constant (the ``edit`` of each op's handler in
+channel_ops) and value shape of their group; then deletes masks left all ones and initializers left
+unused. Constant nodes become initializers first, as ``lift-constants`` does. Records ``strip_channels``
+for the report: each layer's input and output channels before and after, and the pruned channels it
+kept, by reason.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from edgesparse.passes.channel_constants import Constants, channel_constants, has_padding
-from edgesparse.passes.channel_deps import (
+from edgesparse.passes.channel_constants import channel_constants
+from edgesparse.passes.channel_deps import ChannelGraph, analyze_channels
+from edgesparse.passes.channel_masks import insert_masks, load_masks, mask_operands
+from edgesparse.passes.channel_ops import (
     CHANNEL_AXIS,
-    ChannelGraph,
+    Constants,
+    Kept,
     Slot,
-    analyze_channels,
     channel_count,
     channel_slots,
-    const_ints,
     has_input,
     node_label,
     node_name,
-    normalize_axis,
-    slice_channels,
+    op_handler,
 )
-from edgesparse.passes.channel_masks import insert_masks, load_masks, mask_operands
-from edgesparse.passes.cleanup import lift_constants_pass
+from edgesparse.passes.cleanup import CLEANUP_PASSES, lift_constants_pass
 from edgesparse.passes.initializers import add_initializer
 from edgesparse.passes.registry import register_pass
-from edgesparse.passes.report import record
-
-REPORT_KEY = "strip_channels"
-LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-# activation -> its kept channel indices (old numbering), for the activations that lose channels
-Kept = dict[ir.Value, np.ndarray]
+from edgesparse.passes.report import StrippedChannels, record
 
 
-@register_pass("strip-channels")
+@register_pass("strip-channels", requires=CLEANUP_PASSES)
 class StripChannelsPass(ir.passes.InPlacePass):
     """Removes the pruned channels it can prove unused (see the module docstring); ``masks``: a mask file."""
 
@@ -95,21 +89,20 @@ class StripChannelsPass(ir.passes.InPlacePass):
         ]
         record(
             model,
-            REPORT_KEY,
-            {
-                "layers": layers,
-                "kept": [{"reason": reason, "channels": _by_value(slots)} for reason, slots in kept.items()],
-            },
+            StrippedChannels(
+                layers, [{"reason": reason, "channels": _by_value(slots)} for reason, slots in kept.items()]
+            ),
         )
         return ir.passes.PassResult(model, modified)
 
 
 def layer_widths(model: ir.Model) -> dict[ir.Node, tuple[int | None, int | None]]:
-    """(input channels, output channels) of every Conv, ConvTranspose, Gemm and MatMul."""
+    """(input channels, output channels) of every layer: every node whose handler folds (Conv, ConvTranspose,
+    Gemm, MatMul)."""
     return {
         node: (channel_count(node.inputs[0]), channel_count(node.outputs[0]))
         for node in model.graph
-        if node.op_type in LAYERS
+        if (handler := op_handler(node)) and handler.fold
     }
 
 
@@ -162,30 +155,20 @@ def _refusal(group: list[Slot], deps: ChannelGraph, constants: Constants) -> str
 
 def bias_contribution(layer: ir.Node, slot: Slot, constant: float | None) -> np.ndarray:
     """What input channel ``slot`` adds to each output channel of ``layer``: the vector to fold into the
-    layer's bias when the channel goes. Raises :class:`CannotFold` where that is no bias."""
-    weight = layer.inputs[1].const_value.numpy()
-    k_is_column = layer.op_type == "Conv" or (layer.op_type == "Gemm" and layer.attributes.get_int("transB", 0))
-    taps = weight[:, slot.index] if k_is_column else weight[slot.index]
+    layer's bias when the channel goes (how: the ``fold`` of its handler). Raises :class:`CannotFold` where
+    that is no bias."""
+    fold = op_handler(layer).fold(layer)
+    taps = np.take(layer.inputs[1].const_value.numpy(), slot.index, fold.axis)
     taps = taps.reshape(taps.shape[0], -1).astype(np.float64)  # [output channels, kernel positions]
     if not taps.any() or constant == 0:
         return np.zeros(taps.shape[0])
     if constant is None:
         raise CannotFold(f"read by {node_label(layer)} and not a known constant")
-    scale = 1.0
-    if layer.op_type == "Conv" and has_padding(layer):
-        raise CannotFold(f"non-zero constants read by {node_label(layer)} through zero padding: no bias at the borders")
-    if layer.op_type == "ConvTranspose":
-        raise CannotFold(f"non-zero constants read by {node_label(layer)}: overlapping kernels make them no bias")
-    if layer.op_type == "MatMul":
-        raise CannotFold(f"non-zero constants read by {node_label(layer)}, which has no bias to fold them into")
-    if layer.op_type == "Gemm":
-        beta = layer.attributes.get_float("beta", 1.0)
-        if beta == 0:
-            raise CannotFold(f"non-zero constants read by {node_label(layer)}, whose beta is 0")
-        scale = layer.attributes.get_float("alpha", 1.0) / beta
+    if fold.refusal is not None:
+        raise CannotFold(fold.refusal)
     if has_input(layer, 2) and len(layer.inputs[2].uses()) > 1:
         raise CannotFold(f"non-zero constants to fold into the bias {layer.inputs[2].name!r}, which other nodes share")
-    return constant * scale * taps.sum(1)
+    return constant * fold.scale * taps.sum(1)
 
 
 # ----------------------------------------------------------------------------------- rewriting
@@ -206,8 +189,9 @@ def remove_channels(model: ir.Model, deps: ChannelGraph, constants: Constants, r
     }
     # Shape constants and attributes are computed from the old widths: before any shape changes.
     for node in list(model.graph):
-        if node.op_type in SHAPE_EDITS and any(value in kept for value in (*node.inputs, *node.outputs)):
-            SHAPE_EDITS[node.op_type](node, kept)
+        handler = op_handler(node)
+        if handler and handler.edit and any(value in kept for value in (*node.inputs, *node.outputs)):
+            handler.edit(node, kept)
     for (value, axis), indices in cut.items():
         if value.const_value is not None:
             array = np.delete(value.const_value.numpy(), indices, axis)
@@ -237,74 +221,6 @@ def _add_to_bias(layer: ir.Node, contribution: np.ndarray) -> None:
     array = (array + contribution.astype(array.dtype)).astype(array.dtype)
     bias.const_value = ir.tensor(array, name=bias.name)
     bias.shape = ir.Shape(array.shape)
-
-
-def _width(value: ir.Value, kept: Kept) -> int:
-    return len(kept[value]) if value in kept else channel_count(value)
-
-
-def _set_constant_input(node: ir.Node, index: int, values: list[int]) -> None:
-    """A fresh initializer for the node's shape-like input: the old one may be shared."""
-    if len(node.inputs) <= index:
-        node.resize_inputs(index + 1)
-    hint = node.inputs[index].name if node.inputs[index] is not None else f"{node_name(node)}_input{index}"
-    node.replace_input_with(index, add_initializer(node.graph, hint, np.array(values, dtype=np.int64)))
-
-
-def _edit_group_count(node: ir.Node, kept: Kept) -> None:
-    groups = node.attributes.get_int("group", 1)
-    x = node.inputs[0]
-    if groups > 1 and x in kept:
-        node.attributes["group"] = ir.AttrInt64("group", groups * len(kept[x]) // channel_count(x))
-
-
-def _edit_split_sizes(node: ir.Node, kept: Kept) -> None:
-    if normalize_axis(node.attributes.get_int("axis", 0), len(node.inputs[0].shape)) == CHANNEL_AXIS:
-        node.attributes.pop("num_outputs", None)  # the sizes input replaces it (the parts may now differ)
-        _set_constant_input(node, 1, [_width(output, kept) for output in node.outputs])
-
-
-def _edit_slice_bounds(node: ir.Node, kept: Kept) -> None:
-    sliced = slice_channels(node)
-    x, y = node.inputs[0], node.outputs[0]
-    if sliced is None:
-        return
-    position, start = sliced
-    starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
-    starts[position] = int(np.count_nonzero(kept[x] < start)) if x in kept else start
-    ends[position] = starts[position] + _width(y, kept)
-    _set_constant_input(node, 1, starts)
-    _set_constant_input(node, 2, ends)
-
-
-def _edit_reshape_target(node: ir.Node, kept: Kept) -> None:
-    target = const_ints(node.inputs[1])
-    y = node.outputs[0]
-    if y in kept and target[CHANNEL_AXIS] > 0:  # 0 (copy) and -1 (infer) follow the input by themselves
-        target[CHANNEL_AXIS] = _width(y, kept)
-        _set_constant_input(node, 1, target)
-
-
-def _edit_resize_sizes(node: ir.Node, kept: Kept) -> None:
-    y = node.outputs[0]
-    if has_input(node, 3) and y in kept:
-        rank = len(y.shape)
-        axes = [normalize_axis(axis, rank) for axis in node.attributes.get_ints("axes", range(rank))]
-        sizes = const_ints(node.inputs[3])
-        if CHANNEL_AXIS in axes:
-            sizes[axes.index(CHANNEL_AXIS)] = _width(y, kept)
-            _set_constant_input(node, 3, sizes)
-
-
-# op type -> how its attributes or shape inputs follow the new widths
-SHAPE_EDITS: dict[str, Callable[[ir.Node, Kept], None]] = {
-    "Conv": _edit_group_count,
-    "ConvTranspose": _edit_group_count,
-    "Split": _edit_split_sizes,
-    "Slice": _edit_slice_bounds,
-    "Reshape": _edit_reshape_target,
-    "Resize": _edit_resize_sizes,
-}
 
 
 def remove_spent_masks(model: ir.Model) -> bool:

@@ -13,14 +13,14 @@ import torch
 from conftest import run_tool
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
-from edgesparse.frontends.admp import domains
 from edgesparse.frontends.admp.admm import keep_count, project_top_k
-from edgesparse.frontends.admp.experiment import METHODS, Config, Data, Experiment
+from edgesparse.frontends.admp.experiments import domains
+from edgesparse.frontends.admp.experiments.run import METHODS, Config, Data, Experiment
 from edgesparse.frontends.admp.training import run_stage
 from edgesparse.passes import EdgesparseError
 from edgesparse.passes.channel_masks import mask_operands
+from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntime
 
 RATIO = 0.6
 TINY = dict(source_limit=500, target_limit=400, epochs=6, admp_epochs=2, finetune_epochs=5, width=16, batch_size=32)
@@ -47,6 +47,7 @@ def student(run) -> ir.Model:
     return ir.load(run[0] / "student.onnx")
 
 
+@pytest.mark.training
 def test_hard_masks_are_binary_and_keep_the_target_count(run):
     masks = [mask_operands(node)[1].const_value.numpy() for node in student(run).graph if mask_operands(node)]
     assert len(masks) == 6  # one after every conv
@@ -63,6 +64,7 @@ def test_projection_is_the_nearest_binary_vector_with_the_count():
     assert project_top_k(values, 2).tolist() == [0, 1, 0, 0, 1]
 
 
+@pytest.mark.training
 def test_accuracies_are_reported_above_chance_and_onnx_reproduces_admp(run, target_images):
     out, metrics = run
     written = json.loads((out / "metrics.json").read_text())
@@ -75,6 +77,7 @@ def test_accuracies_are_reported_above_chance_and_onnx_reproduces_admp(run, targ
         assert (predicted == labels).mean() == pytest.approx(metrics["target_acc"][method], abs=1.5 / len(labels))
 
 
+@pytest.mark.training
 def test_stripped_llvm_build_matches_onnxruntime_with_fewer_params_and_macs(run, target_images):
     model = student(run)
     result = compile_model(model, "llvm", passes="default,strip-channels")
@@ -87,6 +90,7 @@ def test_stripped_llvm_build_matches_onnxruntime_with_fewer_params_and_macs(run,
     assert max_relative_error(result.run({"input": images})["logits"], expected) < RTOL
 
 
+@pytest.mark.training
 def test_stripped_arm_cpu_build_runs_on_the_device_and_matches_onnxruntime(
     run, target_images, emulated_device, tmp_path
 ):
@@ -115,6 +119,7 @@ def test_a_stage_resumes_from_its_checkpoint(tmp_path):
     assert torch.equal(model.weight, weight + 1)
 
 
+@pytest.mark.training
 def test_cli_trains_exports_and_resumes(tmp_path):
     args = [
         "--source",
@@ -145,6 +150,7 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     assert changed.returncode == 2 and "holds a run with other settings" in changed.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [

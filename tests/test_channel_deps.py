@@ -7,7 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgesparse.frontends.onnx_frontend import proto_to_ir
 from edgesparse.passes.channel_constants import channel_constants
-from edgesparse.passes.channel_deps import ChannelGraph, Slot, analyze_channels
+from edgesparse.passes.channel_deps import ChannelGraph, analyze_channels
+from edgesparse.passes.channel_ops import Slot
 
 RNG = np.random.default_rng(0)
 

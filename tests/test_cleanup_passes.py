@@ -2,9 +2,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from edgesparse.backends.onnxruntime_ref import random_inputs, run_onnxruntime
 from edgesparse.frontends.onnx_frontend import proto_to_ir
 from edgesparse.passes import create_pass
+from edgesparse.passes.onnxruntime_ref import random_inputs, run_onnxruntime
 
 RNG = np.random.default_rng(0)
 

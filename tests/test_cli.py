@@ -5,8 +5,8 @@ import pytest
 from conftest import free_port, run_tool, save_model
 from onnx import TensorProto, helper
 
-from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.frontends import load_onnx
+from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntime
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,7 @@ def bad_compile_cases(tmp_path, tiny_onnx):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["missing file", "not onnx", "unsupported op", "unknown target", "unknown device tag", "unknown pass"]
 )
@@ -82,6 +83,7 @@ def test_bad_compile_input_is_one_error_line_and_no_output(case, tmp_path, tiny_
     )
 
 
+@pytest.mark.slow
 def test_a_failed_compile_leaves_an_existing_artefact_untouched(tmp_path, tiny_onnx):
     out_dir = tmp_path / "build"
     assert run_tool("compile", tiny_onnx, "--target", "llvm", "-o", out_dir).returncode == 0
@@ -91,6 +93,7 @@ def test_a_failed_compile_leaves_an_existing_artefact_untouched(tmp_path, tiny_o
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_unreachable_tracker_is_one_error_line(tmp_path, tiny_onnx):
     assert run_tool("compile", tiny_onnx, "--target", "arm_cpu", "-o", tmp_path / "build").returncode == 0
     result = run_tool(
@@ -102,6 +105,7 @@ def test_unreachable_tracker_is_one_error_line(tmp_path, tiny_onnx):
     assert not (tmp_path / "y.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -11,12 +11,12 @@ from conftest import MODEL_NAMES, load_model
 from onnx import TensorProto, helper, numpy_helper
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tvm_build import build, functions_without_kernel, fuse
 from edgesparse.passes import EdgesparseError
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 
 ELF_MACHINE_AARCH64 = 183
 

@@ -8,8 +8,10 @@ import pytest
 from conftest import load_model, run_tool, save_model
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+
+pytestmark = pytest.mark.device
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "edsr"])

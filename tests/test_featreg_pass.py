@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import build_zoo_model
 from edgesparse.passes import EdgesparseError, run_pipeline
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY
-from edgesparse.passes.report import recorded_reports
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+from edgesparse.passes.report import FeatRegSummary, GatedLayers, read
 
 
 class WhereGate(nn.Module):
@@ -23,6 +23,27 @@ class WhereGate(nn.Module):
 
     def forward(self, x):
         return torch.where(x > self.threshold, x, 0.0)
+
+
+class ZerosLikeWhereGate(WhereGate):
+    """The commonest hand-written gate: its zero exports as a full constant tensor, not a scalar."""
+
+    def forward(self, x):
+        return torch.where(x > self.threshold, x, torch.zeros_like(x))
+
+
+class MaxGate(nn.Module):
+    def forward(self, x):
+        return torch.maximum(x, torch.zeros(()))
+
+
+class ClampGate(nn.Module):
+    def __init__(self, high: float | None = None):
+        super().__init__()
+        self.high = high
+
+    def forward(self, x):
+        return torch.clamp(x, min=0.0, max=self.high)
 
 
 class GateConv(nn.Module):
@@ -53,7 +74,7 @@ def featreg(model: ir.Model, **options) -> ir.Model:
 
 
 def layers(model: ir.Model) -> list[dict]:
-    return json.loads(recorded_reports(model)["layers"])
+    return read(model, GatedLayers).to_json()
 
 
 def op_types(model: ir.Model) -> list[str]:
@@ -66,16 +87,22 @@ def assert_same_outputs(original: ir.Model, rewritten: ir.Model):
     assert max_relative_error(actual, expected) < 1e-5
 
 
-def calibration_file(tmp_path, model: ir.Model, count=3):
-    """Calibration samples as .npz files in a directory."""
-    for index in range(count):
-        np.savez(tmp_path / f"sample{index}.npz", **random_inputs(model, seed=100 + index))
-    return tmp_path
+def calibration_samples(model: ir.Model, count=3) -> list[dict[str, np.ndarray]]:
+    return [random_inputs(model, seed=100 + index) for index in range(count)]
 
 
 @pytest.mark.parametrize(
     "gate, threshold",
-    [(nn.ReLU(), 0.0), (WhereGate(0.25), 0.25), (WhereGate(-0.1), -0.1)],
+    [
+        (nn.ReLU(), 0.0),
+        (WhereGate(0.25), 0.25),
+        (WhereGate(-0.1), -0.1),
+        (ZerosLikeWhereGate(0.25), 0.25),
+        (ZerosLikeWhereGate(0.0), 0.0),
+        (MaxGate(), 0.0),
+        (ClampGate(), 0.0),
+    ],
+    ids=["relu", "where", "where-negative", "where-zeros-like", "where-zeros-like-0", "max", "clamp-min"],
 )
 def test_gate_and_conv_become_one_gated_conv_with_the_same_outputs(gate, threshold):
     original = export(GateConv(gate))
@@ -87,6 +114,24 @@ def test_gate_and_conv_become_one_gated_conv_with_the_same_outputs(gate, thresho
     assert ("edgesparse", "GatedConv", "") in rewritten.functions
     assert_same_outputs(original, rewritten)
     assert [layer["op"] for layer in layers(rewritten)] == ["GatedConv"]
+
+
+def test_a_clip_with_a_max_is_not_a_gate_and_stays():
+    """Clip(x, 0, 6) is a gate followed by a clip: a GatedConv would drop the clip."""
+    original = export(GateConv(ClampGate(high=0.5)))
+    rewritten = run_pipeline(original.clone(), "default,featreg", debug=True)
+    assert "GatedConv" not in op_types(rewritten)
+    assert_same_outputs(original, rewritten)
+    assert read(rewritten, FeatRegSummary).gated_convs == 0
+
+
+def test_a_nonzero_constant_in_where_is_not_a_gate():
+    class WhereOnes(nn.Module):
+        def forward(self, x):
+            return torch.where(x > 0.0, x, torch.ones_like(x))
+
+    rewritten = featreg(export(GateConv(WhereOnes())))
+    assert "GatedConv" not in op_types(rewritten)
 
 
 def test_thresholded_relu_gate_is_recognised():
@@ -150,42 +195,58 @@ def test_a_level_from_the_metadata_sets_every_gate_threshold():
     assert_same_outputs(reference, rewritten)
 
 
+def test_debug_mode_checks_a_level_against_the_model_at_that_level():
+    """A level changes the outputs by design: --debug compares with the model at the level's thresholds
+    (and still catches a pass whose result differs from that)."""
+    original = export(GateConv(WhereGate(0.0)))
+    gate_name = next(node.name for node in run_pipeline(original.clone()).graph if node.op_type == "Where")
+    original.metadata_props[LEVELS_METADATA_KEY] = json.dumps({"0.9": {gate_name: 0.7}})
+    options = {"featreg": {"sparsity": 0.9}}
+    rewritten = run_pipeline(original.clone(), "default,featreg", debug=True, pass_options=options)
+    assert_same_outputs(export(GateConv(WhereGate(0.7))), rewritten)
+
+
+@pytest.mark.parametrize(
+    "options", [{"sparsity": 1.5}, {"sparsity": float("nan")}, {"sparsity": 0.0}, {"min_sparsity": 7}]
+)
+def test_options_out_of_range_are_refused_in_one_line(options):
+    with pytest.raises(EdgesparseError, match="featreg: .* fraction"):
+        featreg(export(GateConv(nn.ReLU())), **options)
+
+
 def test_a_level_missing_from_the_metadata_needs_calibration():
     with pytest.raises(EdgesparseError, match="sparsity 0.8 is not among the model's levels"):
         featreg(export(GateConv(nn.ReLU())), sparsity=0.8)
 
 
 @pytest.mark.parametrize("target", [0.6, 0.9, 0.99])
-def test_calibration_hits_the_target_sparsity_on_its_inputs(target, tmp_path):
+def test_calibration_hits_the_target_sparsity_on_its_inputs(target):
     original = export(GateConv(nn.ReLU()), shape=(1, 3, 24, 24))
-    rewritten = featreg(original, sparsity=target, calibrate=calibration_file(tmp_path, original))
+    rewritten = featreg(original, sparsity=target, calibrate=calibration_samples(original))
     [layer] = layers(rewritten)
     assert layer["input_sparsity"] == pytest.approx(target, abs=0.03)
     assert layer["threshold"] >= 0.0, "never below the trained ReLU threshold"
 
 
-def test_below_min_sparsity_a_layer_stays_dense(tmp_path):
+def test_below_min_sparsity_a_layer_stays_dense():
     original = export(GateConv(nn.ReLU()), shape=(1, 3, 24, 24))
-    rewritten = featreg(original, calibrate=calibration_file(tmp_path, original), min_sparsity=0.99)
+    rewritten = featreg(original, calibrate=calibration_samples(original), min_sparsity=0.99)
     [layer] = layers(rewritten)
     assert layer["op"] == "Conv" and "below 0.99" in layer["kept_dense_because"]
     assert layer["effective_macs"] == layer["dense_macs"]
     assert "GatedConv" not in op_types(rewritten)
 
 
-def test_effective_macs_agree_with_an_independent_count_of_nonzeros(tmp_path):
+def test_effective_macs_agree_with_an_independent_count_of_nonzeros():
     original = export(GateConv(nn.ReLU(), width=16), shape=(1, 3, 20, 20))
-    calibration = calibration_file(tmp_path, original, count=2)
+    calibration = calibration_samples(original, count=2)
     rewritten = featreg(original, calibrate=calibration)
     [layer] = layers(rewritten)
     # Independently: the gated feature in torch-free terms, via ORT on the original with the Relu exposed.
     probe = original.clone()
     relu = next(node for node in probe.graph if node.op_type == "Relu")
     probe.graph.outputs.append(relu.outputs[0])
-    nonzeros = [
-        np.count_nonzero(run_onnxruntime(probe, dict(np.load(path)))[relu.outputs[0].name])
-        for path in sorted(calibration.glob("*.npz"))
-    ]
+    nonzeros = [np.count_nonzero(run_onnxruntime(probe, sample)[relu.outputs[0].name]) for sample in calibration]
     out_channels, kernel_size = 16, 9
     independent = np.mean(nonzeros) * out_channels * kernel_size  # stride 1, 'same' padding
     assert layer["effective_macs"] == pytest.approx(independent, rel=1e-6)

@@ -9,18 +9,18 @@ from conftest import run_tool
 from PIL import Image
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error
 from edgesparse.frontends.featreg.controller import SparsityController
-from edgesparse.frontends.featreg.data import Degradation, PatchSampler, package_files, skimage_photo
+from edgesparse.frontends.featreg.experiments.data import Degradation, PatchSampler, package_files, skimage_photo
+from edgesparse.frontends.featreg.experiments.metrics import psnr_y, ssim_y
 from edgesparse.frontends.featreg.export import export_onnx, load_onnx_weights, save_onnx
 from edgesparse.frontends.featreg.gate import gates_in_call_order
-from edgesparse.frontends.featreg.metrics import psnr_y, ssim_y
 from edgesparse.frontends.featreg.multilevel import TrainConfig, train
 from edgesparse.frontends.featreg.nets import build_net
 from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
 from edgesparse.frontends.onnx_frontend import set_input_shapes
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY
+from edgesparse.passes.onnxruntime_ref import max_relative_error
 
 LEVELS = [0.5, 0.9]
 PATCH = 24
@@ -176,6 +176,7 @@ def test_eval_cli_prints_the_figures(exported, image_dir):
     assert figures["macs_effective"] < 0.3 * figures["macs_dense"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -5,12 +5,12 @@ import torch
 from conftest import save_model
 from onnx import TensorProto, helper
 
-from edgesparse.backends.onnxruntime_ref import run_onnxruntime
 from edgesparse.frontends import load_onnx, set_input_shapes
 from edgesparse.frontends.third_party import rapidocr_classifier_path
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import build_zoo_model
 from edgesparse.passes import EdgesparseError
+from edgesparse.passes.onnxruntime_ref import run_onnxruntime
 
 
 def opset11_model() -> onnx.ModelProto:
@@ -69,6 +69,7 @@ def test_torch_module_exports_with_shapes_and_same_outputs():
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.rapidocr
 def test_input_shapes_can_be_fixed_for_a_dynamic_model():
     model = load_onnx(rapidocr_classifier_path())
     assert not all(isinstance(dim, int) and dim > 0 for dim in model.graph.inputs[0].shape)

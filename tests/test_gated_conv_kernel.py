@@ -27,10 +27,10 @@ from edgesparse.backends.gated_conv import (
     schedule_space,
     standalone_module,
 )
-from edgesparse.backends.onnxruntime_ref import max_relative_error, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress, request_session
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tvm_build import _module_tree
+from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntime
 
 # name -> (shape, threshold). Thresholds: 0 (Relu), positive (ThresholdedRelu), negative (Where).
 CASES = {

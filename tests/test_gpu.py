@@ -5,8 +5,8 @@ import tvm
 from conftest import load_model
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.tvm_build import functions_without_kernel
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 
 
 def test_cuda_build_has_a_kernel_for_every_compute_function():

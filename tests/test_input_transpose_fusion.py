@@ -9,11 +9,11 @@ from tvm import relax
 from tvm.script import relax as R
 
 from edgesparse.backends.input_transpose_fusion import PATTERN_NAME, fuse_input_transpose
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tvm_build import build, fuse
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 
 ACTIVATIONS = {
     "relu": relax.op.nn.relu,

@@ -70,19 +70,20 @@ PLUGIN = textwrap.dedent(
     """A user's pass, living outside the edgesparse package."""
     import onnx_ir as ir
     from edgesparse.passes import register_pass
-    from edgesparse.passes.report import record
+    from edgesparse.passes.report import Note, record
 
 
     @register_pass("tag-relus")
     class TagRelus(ir.passes.InPlacePass):
         def call(self, model):
             relus = [node.name for node in model.graph if node.op_type == "Relu"]
-            record(model, "tagged_relus", relus)
+            record(model, Note("tagged_relus", relus))
             return ir.passes.PassResult(model, False)
     '''
 )
 
 
+@pytest.mark.slow
 def test_user_plugin_pass_runs_from_the_command_line(tmp_path):
     plugin = tmp_path / "my_passes.py"
     plugin.write_text(PLUGIN)

@@ -13,14 +13,14 @@ from test_channel_deps import build_model, conv, random_weight
 from torch import nn
 
 from edgesparse.backends import compile_model
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.passes import EdgesparseError, run_pipeline
-from edgesparse.passes.channel_deps import channel_count
 from edgesparse.passes.channel_masks import insert_masks, mask_operands, random_masks
+from edgesparse.passes.channel_ops import channel_count
 from edgesparse.passes.macs import count_params, total_macs
-from edgesparse.passes.report import recorded_reports
-from edgesparse.passes.strip_channels import REPORT_KEY, StripChannelsPass
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
+from edgesparse.passes.report import StrippedChannels, read
+from edgesparse.passes.strip_channels import StripChannelsPass
 from edgesparse.passes.verify import checker_problem
 
 RTOL = 1e-5
@@ -41,15 +41,13 @@ def assert_same_outputs(reference: ir.Model, stripped: ir.Model) -> None:
             assert max_relative_error(actual[name], value) <= RTOL, name
 
 
-def strip_report(model: ir.Model) -> dict:
-    return json.loads(recorded_reports(model)[REPORT_KEY])
+def strip_report(model: ir.Model) -> StrippedChannels:
+    return read(model, StrippedChannels)
 
 
 def widths(model: ir.Model) -> dict[str, list[int]]:
     """Layer -> [input channels, output channels] after the pass, from its report."""
-    return {
-        layer["node"]: [layer["in_channels"][1], layer["out_channels"][1]] for layer in strip_report(model)["layers"]
-    }
+    return {layer["node"]: [layer["in_channels"][1], layer["out_channels"][1]] for layer in strip_report(model).layers}
 
 
 @functools.cache
@@ -97,7 +95,7 @@ def test_hand_computed_params_and_macs():
     assert total_macs(stripped) == 5 * 64 * 3 * 9 + 4 * 64 * 5 * 9
     assert [node.op_type for node in stripped.graph] == ["Conv", "Relu", "Conv"]
     assert widths(stripped) == {"conv1": [3, 5], "conv2": [5, 4]}
-    assert strip_report(stripped)["layers"][0]["out_channels"] == [8, 5]
+    assert strip_report(stripped).layers[0]["out_channels"] == [8, 5]
     assert sorted(stripped.graph.initializers) == ["b1", "b2", "w1", "w2"]
 
 
@@ -123,7 +121,7 @@ def test_test_nets_stripped_equal_masked(name, ratio, seed, coupled):
         assert {layer: widths(stripped)[layer][1] for layer in masks} == {
             layer: len(kept) for layer, kept in masks.items()
         }
-        assert strip_report(stripped)["kept"] == []
+        assert strip_report(stripped).kept == []
     # A fixed point: what is left has nothing more to strip.
     again = strip(stripped)
     assert count_params(again) == count_params(stripped) and total_macs(again) == total_macs(stripped)
@@ -158,7 +156,7 @@ def test_depth_to_space_blocks_go_only_whole():
     assert_same_outputs(masked, stripped)
     assert widths(stripped)[upsample][1] == 124
     assert widths(stripped)["/tail/Conv"][0] == 31
-    [kept_entry] = strip_report(stripped)["kept"]
+    [kept_entry] = strip_report(stripped).kept
     assert kept_entry["reason"] == "read by Conv '/tail/Conv' and not a known constant"
     assert kept_entry["channels"]["/upsample/upsample.1/DepthToSpace_output_0"] == [2]
 
@@ -217,7 +215,7 @@ def test_exported_torch_models_keep_their_outputs(mask_then_bn, head_kernels, ze
     [layer] = [node for node in stripped.graph if node.name == "/conv/Conv"]
     assert channel_count(layer.outputs[0]) == conv_width
     if conv_width == 6:
-        [kept] = strip_report(stripped)["kept"]
+        [kept] = strip_report(stripped).kept
         assert "through zero padding: no bias at the borders" in kept["reason"]
 
 
@@ -292,7 +290,7 @@ def test_split_concat_slice_offsets_are_rewritten():
     split, slice_ = (node for node in stripped.graph if node.op_type in ("Split", "Slice"))
     assert split.inputs[1].const_value.numpy().tolist() == [1, 2]
     assert (slice_.inputs[1].const_value.numpy().tolist(), slice_.inputs[2].const_value.numpy().tolist()) == ([0], [3])
-    assert strip_report(stripped)["kept"][0]["reason"] == "removing them would leave 's0' without channels"
+    assert strip_report(stripped).kept[0]["reason"] == "removing them would leave 's0' without channels"
 
 
 def shared_weight_model() -> ir.Model:
@@ -345,7 +343,7 @@ def test_what_cannot_be_proven_safe_is_left_unchanged_with_its_reason(model, rea
     result = StripChannelsPass()(model)
     assert not result.modified
     assert ir.serde.serialize_model(result.model).graph == before
-    assert [entry["reason"] for entry in strip_report(result.model)["kept"]] == [reason]
+    assert [entry["reason"] for entry in strip_report(result.model).kept] == [reason]
 
 
 # ----------------------------------------------------------------------------------- mask files
@@ -370,7 +368,7 @@ def test_mask_file_gives_what_the_same_masks_in_the_graph_give(tmp_path, suffix)
     assert max_relative_error(result.run(inputs)["output"], run_onnxruntime(masked, inputs)["output"]) <= TVM_RTOL
     report = result.report
     assert report["macs_after"] < report["macs_before"] and report["params_after"] < report["params_before"]
-    layers = {layer["node"]: layer for layer in report[REPORT_KEY]["layers"]}
+    layers = {layer["node"]: layer for layer in report[StrippedChannels.KEY]["layers"]}
     first_block = "/stages/stages.0/body/body.0/body.0.0/Conv"
     assert layers[first_block]["out_channels"] == [16, len(masks[first_block])]
 
@@ -405,6 +403,7 @@ def test_bad_mask_files_are_one_line_errors(tmp_path, content, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_compile_tool_masks_option(tmp_path):
     model_path = save_model(load_model("resnet"), tmp_path / "resnet.onnx")
     masks = random_masks(cleaned_model("resnet"), 0.5, seed=7)
@@ -422,7 +421,7 @@ def test_compile_tool_masks_option(tmp_path):
     )
     assert good.returncode == 0, good.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["macs_after"] < report["macs_before"] and report[REPORT_KEY]["layers"]
+    assert report["macs_after"] < report["macs_before"] and report[StrippedChannels.KEY]["layers"]
     bad = run_tool(
         "compile",
         model_path,
@@ -447,6 +446,7 @@ def test_compile_tool_masks_option(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- TVM builds
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_stripped_nets_compile_for_every_target(name):
     masked = masked_model(name, random_masks(cleaned_model(name), 0.5, seed=8, coupled=True))

@@ -6,7 +6,7 @@ import pytest
 from conftest import load_model
 
 from edgesparse.backends import compile_model, timing
-from edgesparse.backends.onnxruntime_ref import random_inputs
+from edgesparse.passes.onnxruntime_ref import random_inputs
 
 
 def test_interleaved_rounds_take_turns_in_blocks_after_a_warm_up(monkeypatch):

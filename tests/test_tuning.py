@@ -12,13 +12,13 @@ from conftest import free_port, run_tool, save_model, set_up_device
 from onnx import TensorProto, helper, numpy_helper
 
 from edgesparse.backends import compile_model, tuning
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tuning import CANDIDATE_FILE, extra_trials, first_round, tune
 from edgesparse.backends.tvm_build import CONV_LAYOUT_FILE, fuse, tuned_conv_layout
 from edgesparse.passes import EdgesparseError
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 
 
 def conv_net(convs: int, channels: int = 8, size: int = 12) -> ir.Model:
@@ -76,6 +76,7 @@ def assert_weights_prepacked(build, tasks) -> None:
     assert "_weight_prepack" not in build.lowered["main"].script()
 
 
+@pytest.mark.tuning
 def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, tmp_path):
     model, address = conv_net(1), RPCAddress.parse(emulated_device.rpc_address)
     loads_before = candidate_loads(emulated_device)
@@ -96,6 +97,7 @@ def test_tuning_on_the_device_then_the_tuned_build_runs_there(emulated_device, t
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
 
+@pytest.mark.tuning
 def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path):
     model, address = gated_net(), RPCAddress.parse(emulated_device.rpc_address)
     loads_before = candidate_loads(emulated_device)
@@ -110,6 +112,8 @@ def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path
     assert_matches_onnxruntime(model, lambda inputs: artefact.run(inputs, address))
 
 
+@pytest.mark.device
+@pytest.mark.tuning
 def test_two_devices_under_one_key_both_measure(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "DENSE_CONV_LAYOUT", "NCHW")  # one task: the four trials all its
     port = free_port(count=3)  # the tracker's, then two servers'
@@ -142,6 +146,7 @@ def host_tuning(tmp_path_factory):
     return model_path, directory / "tuning", summary
 
 
+@pytest.mark.tuning
 def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     model_path, tuning_dir, summary = host_tuning
     assert (summary.measured, summary.failed) == (4, 0) and len(summary.tasks) == 2
@@ -157,6 +162,7 @@ def test_host_tuning_then_compile_with_the_database(host_tuning, tmp_path):
     assert float(run.stdout.split("max relative difference to ONNX Runtime, output: ")[1].split()[0]) < 1e-4
 
 
+@pytest.mark.tuning
 def test_the_summary_tells_each_tasks_rate_and_the_kernels_time_a_run(host_tuning):
     _, _, summary = host_tuning
     # conv_net(2): conv 3->8 then 8->8, 3x3 on 12x12, each with its bias add and relu (an op a value each).
@@ -168,6 +174,7 @@ def test_the_summary_tells_each_tasks_rate_and_the_kernels_time_a_run(host_tunin
     assert summary.model_ms() == pytest.approx(sum(task.best_ms for task in summary.tasks))
 
 
+@pytest.mark.tuning
 def test_tuned_convolutions_read_weights_prepacked_at_build_time(host_tuning):
     _, tuning_dir, summary = host_tuning
     assert_weights_prepacked(compile_model(conv_net(2), "llvm", tuning_db=tuning_dir).build, summary.tasks)
@@ -182,6 +189,7 @@ def test_the_convs_take_the_layout_asked_and_the_output_keeps_the_models(layout,
     assert [int(dim) for dim in main.ret_ty.shape] == [1, 8, 12, 12]
 
 
+@pytest.mark.tuning
 def test_dense_convs_are_tuned_and_built_in_nhwc(tmp_path):
     summary = tune(conv_net(2), resolve_target("llvm"), tmp_path / "tuning", trials=4)
     assert summary.conv_layout == tuned_conv_layout(tmp_path / "tuning") == "NHWC"
@@ -206,6 +214,7 @@ def test_a_bad_conv_layout_record_is_one_error_line(record, message, tmp_path):
         tuned_conv_layout(tmp_path)
 
 
+@pytest.mark.tuning
 def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     model_path, tuning_dir, _ = host_tuning
     records = database_records(tuning_dir)
@@ -218,6 +227,7 @@ def test_a_second_run_with_the_same_trials_measures_nothing(host_tuning):
     assert database_records(tuning_dir) == records
 
 
+@pytest.mark.tuning
 def test_after_a_round_each_the_trials_go_by_measured_time(host_tuning):
     _, tuning_dir, _ = host_tuning
     first_ms, counts = {}, Counter()
@@ -254,6 +264,7 @@ def test_a_task_new_to_a_resumed_database_catches_up_with_its_share_of_all_trial
     assert extra_trials([1.0, 1.0], 384, counts=[320, 16]) == [32, 352]
 
 
+@pytest.mark.tuning
 def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "BUILD_TIMEOUT_S", 0.001)  # every build times out
     model = conv_net(1)
@@ -281,6 +292,7 @@ def gated_net(channels: int = 16, size: int = 12) -> ir.Model:
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
+@pytest.mark.tuning
 def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monkeypatch, tmp_path):
     from edgesparse.backends import relax_import
     from edgesparse.backends.gated_conv import GatedConvSchedule, GatedConvShape, default_schedule, schedule_space
@@ -314,6 +326,7 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
     assert_matches_onnxruntime(model, tuned.run)
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracker_is_one_error_line(tmp_path):
     model = save_model(conv_net(1), tmp_path / "conv.onnx")
     port = free_port()

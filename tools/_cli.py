@@ -1,14 +1,21 @@
-"""What every command-line tool shares: user errors become one ``error:`` line and exit status 2."""
+"""What every command-line tool shares: user errors become one ``error:`` line and exit status 2.
+
+Every layer's error type is an :class:`EdgesparseError` (``PassError``, ``FrontendError``, ``BackendError``)
+and is mapped here, once, for every tool. Any other exception is a bug: one ``error:`` line too (exit
+status 1), and its traceback only with ``--debug``.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from edgesparse.passes.errors import EdgesparseError
 
 USER_ERROR_EXIT = 2
+INTERNAL_ERROR_EXIT = 1
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -16,11 +23,22 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         status = main()
     except EdgesparseError as exc:
+        if "--debug" in sys.argv:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001  (a bug: said in one line, the traceback on request)
+        if "--debug" in sys.argv:
+            traceback.print_exc()
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"error: unexpected {type(exc).__name__}: {first_line} (a bug in edgesparse; --debug shows where)",
+            file=sys.stderr,
+        )
+        sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(status or 0)
 
 

@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from edgesparse.backends import TARGET_NAMES
 from edgesparse.frontends import load_onnx, set_input_shapes
+from edgesparse.frontends.calibration import load_calibration_inputs
 from edgesparse.passes import EdgesparseError, expand_pass_names, load_plugin, registered_passes
 
 
@@ -22,9 +23,13 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
 
 # pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
 PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks",)}
+# --calibrate reads at most this many samples: enough for stable quantiles, few enough to run in seconds.
+CALIBRATION_LIMIT = 16
 
 
-def pass_options(args: argparse.Namespace) -> dict:
+def pass_options(args: argparse.Namespace, model: ir.Model) -> dict:
+    """The options each pass in --passes was given; --calibrate's photos or .npz files are read here, shaped
+    like ``model``'s inputs, since the featreg pass takes samples, not paths."""
     options = {}
     for pass_name, flags in PASS_FLAGS.items():
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
@@ -36,6 +41,8 @@ def pass_options(args: argparse.Namespace) -> dict:
             )
         if given:
             options[pass_name] = given
+    if "calibrate" in options.get("featreg", {}):
+        options["featreg"]["calibrate"] = load_calibration_inputs(args.calibrate, model, CALIBRATION_LIMIT)
     return options
 
 

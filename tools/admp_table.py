@@ -8,7 +8,7 @@ Per pair, the source model and teacher are trained once (<out>/<pair>/) and shar
 (<out>/<pair>/r<percent>/, each a tools/train_admp.py output directory). For each run: the target
 accuracies, the student after ``default,strip-channels`` (params, MACs) against the unpruned teacher,
 and TVM llvm latency of both (batch 1, one thread: the machine is shared), timed after all the
-training: per build the best of 3 interleaved rounds, each the median of 5 x 20 calls.
+training, the builds in turns (``edgesparse.backends.timing.interleaved_latencies_ms``), the median per build.
 Writes <out>/table.md and <out>/table.json and prints the table.
 """
 
@@ -25,8 +25,8 @@ import torch
 from _cli import run_main
 
 from edgesparse.backends import CompileResult, compile_model
-from edgesparse.backends.timing import tvm_latency_ms
-from edgesparse.frontends.admp.experiment import METHODS, Config, Experiment
+from edgesparse.backends.timing import interleaved_latencies_ms, tvm_timer
+from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
 from edgesparse.passes.errors import EdgesparseError
 
 HEADER = ["pair", "pruned", *METHODS, "kept ch.", "params", "MACs", "llvm ms"]
@@ -60,16 +60,13 @@ def measure(config: Config, out: Path, shared: Path) -> tuple[dict, list[Compile
     return entry, builds
 
 
-def latency_ms(build: CompileResult) -> float:
-    image = np.zeros(build.report["inputs"][0]["shape"], np.float32)
-    return tvm_latency_ms(build.build.executable, [image], number=20, repeat=5)
-
-
-def time_builds(builds: list[CompileResult], rounds: int = 3) -> list[float]:
-    """The best of ``rounds`` median latencies per build, the builds taken in turn in every round: the
-    machine is shared, and interleaving spreads the other load over all of them alike."""
-    timings = [[latency_ms(build) for build in builds] for _ in range(rounds)]
-    return [min(column) for column in zip(*timings)]
+def time_builds(builds: list[CompileResult]) -> list[float]:
+    """Each build's median latency (ms), the builds timed in turns (backends.timing's interleaving)."""
+    timers = [
+        tvm_timer(build.build.executable, [np.zeros(build.report["inputs"][0]["shape"], np.float32)], number=20)
+        for build in builds
+    ]
+    return interleaved_latencies_ms(timers)
 
 
 def row(entry: dict) -> list[str]:

@@ -59,7 +59,7 @@ def bench_models() -> dict:
 def models_section(args: argparse.Namespace) -> None:
     """TVM (llvm, default pipeline, untuned) latency against ONNX Runtime's, per model at batch 1."""
     from edgesparse.backends import compile_model
-    from edgesparse.backends.onnxruntime_ref import random_inputs
+    from edgesparse.passes.onnxruntime_ref import random_inputs
 
     rows = []
     for name, model in tqdm(bench_models().items(), desc="models", unit="model"):
@@ -106,8 +106,8 @@ def strip_section(args: argparse.Namespace) -> None:
     (drawn per channel group, as a structured pruner prunes): TVM (llvm, untuned) and ONNX Runtime
     latency side by side, beside the speed-up the MACs promise."""
     from edgesparse.backends import compile_model
-    from edgesparse.backends.onnxruntime_ref import random_inputs
     from edgesparse.passes.channel_masks import insert_masks, mask_operands, random_masks
+    from edgesparse.passes.onnxruntime_ref import random_inputs
     from edgesparse.passes.pipeline import run_pipeline
 
     models = {name: model for name, model in bench_models().items() if name in STRIP_MODELS}
@@ -252,9 +252,9 @@ def tuned_section(args: argparse.Namespace) -> None:
     model is first tuned on this host up to --trials in --tuning-dir/<model>: a database that a
     tools/tune.py run or an interrupted bench left there counts, so only what is missing is tuned."""
     from edgesparse.backends import compile_model
-    from edgesparse.backends.onnxruntime_ref import random_inputs
     from edgesparse.backends.targets import resolve_target
     from edgesparse.backends.tuning import tune
+    from edgesparse.passes.onnxruntime_ref import random_inputs
 
     print(
         f"this host's float32 matmul (numpy's BLAS, {MATMUL_SIZE}x{MATMUL_SIZE}, every core): "
@@ -322,7 +322,6 @@ def featreg_net_section(args: argparse.Namespace) -> None:
     """A whole FeatReg EDSR-style SR net (x2, 64 channels, 4 residual blocks, 1x3x128x128 in), random
     weights, thresholds calibrated per level on random inputs: the featreg build (gated kernels, llvm)
     vs the dense build in TVM (untuned) and vs ONNX Runtime on the dense model."""
-    import tempfile
 
     import numpy as np
     import torch
@@ -342,29 +341,27 @@ def featreg_net_section(args: argparse.Namespace) -> None:
     ort_ms = onnxruntime_latency_ms(dense.optimized, inputs, number=args.number, repeat=args.repeat)
     tvm_dense_ms = tvm_latency_ms(dense.build.executable, [inputs["input"]], number=1, repeat=3)
     rows = []
-    with tempfile.TemporaryDirectory() as calibration:
-        for index in range(2):
-            np.savez(f"{calibration}/sample{index}.npz", input=rng.random((1, 3, 128, 128), dtype=np.float32))
-        for level in tqdm(FEATREG_NET_LEVELS, desc="featreg-net", unit="level"):
-            options = {"sparsity": level, "calibrate": calibration, "min_sparsity": 0.0}
-            gated = compile_model(model, "llvm", passes="default,featreg", pass_options={"featreg": options})
-            gated_ms = tvm_latency_ms(gated.build.executable, [inputs["input"]], number=args.number, repeat=args.repeat)
-            report = gated.report
-            measured = np.mean([layer["input_sparsity"] for layer in report["layers"]])
-            rows.append(
-                [
-                    f"{level:.0%}",
-                    f"{measured:.1%}",
-                    f"{report['macs_after'] / 1e9:.2f}",
-                    f"{report['macs_effective'] / 1e9:.2f}",
-                    f"{report['macs_after'] / report['macs_effective']:.1f}x",
-                    f"{gated_ms:.1f}",
-                    f"{ort_ms:.1f}",
-                    f"{tvm_dense_ms:.1f}",
-                    f"{ort_ms / gated_ms:.2f}x",
-                    f"{tvm_dense_ms / gated_ms:.1f}x",
-                ]
-            )
+    calibration = [{"input": rng.random((1, 3, 128, 128), dtype=np.float32)} for _ in range(2)]
+    for level in tqdm(FEATREG_NET_LEVELS, desc="featreg-net", unit="level"):
+        options = {"sparsity": level, "calibrate": calibration, "min_sparsity": 0.0}
+        gated = compile_model(model, "llvm", passes="default,featreg", pass_options={"featreg": options})
+        gated_ms = tvm_latency_ms(gated.build.executable, [inputs["input"]], number=args.number, repeat=args.repeat)
+        report = gated.report
+        measured = np.mean([layer["input_sparsity"] for layer in report["layers"]])
+        rows.append(
+            [
+                f"{level:.0%}",
+                f"{measured:.1%}",
+                f"{report['macs_after'] / 1e9:.2f}",
+                f"{report['macs_effective'] / 1e9:.2f}",
+                f"{report['macs_after'] / report['macs_effective']:.1f}x",
+                f"{gated_ms:.1f}",
+                f"{ort_ms:.1f}",
+                f"{tvm_dense_ms:.1f}",
+                f"{ort_ms / gated_ms:.2f}x",
+                f"{tvm_dense_ms / gated_ms:.1f}x",
+            ]
+        )
     header = [
         "level",
         "measured",

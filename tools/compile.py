@@ -10,11 +10,13 @@ python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build
 from __future__ import annotations
 
 import argparse
+import sys
 
 from _cli import run_main
 from _model_args import add_model_arguments, load_model, pass_options
 
 from edgesparse.backends import compile_model
+from edgesparse.passes.report import FeatRegSummary
 
 
 def main() -> int:
@@ -36,17 +38,26 @@ def main() -> int:
         device=args.device,
         passes=args.passes,
         debug=args.debug,
-        pass_options=pass_options(args),
+        pass_options=pass_options(args, model),
         tuning_db=args.tuning_db,
     )
     artefact = result.save(args.output)
     report = result.report
     print(f"target {report['target']}" + (f" ({report['device']})" if report["device"] else ""))
     print(f"passes {', '.join(report['passes'])}")
+    effective = f" ({report['macs_effective']:,} effective)" if report["macs_effective"] is not None else ""
     print(
-        f"MACs {report['macs_before']:,} -> {report['macs_after']:,}; params {report['params_before']:,} -> "
-        f"{report['params_after']:,}"
+        f"MACs {report['macs_before']:,} -> {report['macs_after']:,}{effective}; params {report['params_before']:,} "
+        f"-> {report['params_after']:,}"
     )
+    if (featreg := report.get(FeatRegSummary.KEY)) is not None:
+        print(f"featreg: {featreg['gated_convs']} convs read a gate, {featreg['rewritten']} became GatedConv")
+        if featreg["gated_convs"] == 0:
+            print(
+                "warning: featreg found no gate (Relu, Max or Clip at 0, ThresholdedRelu, Where(x > t, x, 0)) "
+                "before any conv",
+                file=sys.stderr,
+            )
     if args.tuning_db:
         print(
             f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions "

@@ -21,8 +21,8 @@ from _cli import run_main
 
 from edgesparse.frontends import load_onnx
 from edgesparse.frontends.calibration import image_files
-from edgesparse.frontends.featreg.data import Degradation, load_photo
-from edgesparse.frontends.featreg.evaluate import check_level, evaluate_onnx, model_task
+from edgesparse.frontends.featreg.experiments.data import Degradation, load_photo
+from edgesparse.frontends.featreg.experiments.evaluate import check_level, evaluate_onnx, model_task
 from edgesparse.passes.errors import EdgesparseError
 
 

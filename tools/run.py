@@ -18,10 +18,10 @@ from _cli import run_main, set_tvm_threads
 
 from edgesparse.backends import Artefact
 from edgesparse.backends.artefact import MODEL_FILE
-from edgesparse.backends.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.frontends import load_onnx
 from edgesparse.passes import EdgesparseError
+from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs, run_onnxruntime
 
 
 def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import typing
 import torch
 from _cli import run_main
 
-from edgesparse.frontends.admp.experiment import METHODS, Config, Experiment
+from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
 
 HELP = {
     "source": "labelled source domain: mnist, opencv-digits or sklearn-digits",

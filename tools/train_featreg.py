@@ -27,20 +27,14 @@ import numpy as np
 import torch
 from _cli import run_main
 
-from edgesparse.backends.timing import onnxruntime_latency_ms
+from edgesparse.backends.compiler import compile_model
+from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
 from edgesparse.frontends.featreg.controller import SparsityController
-from edgesparse.frontends.featreg.data import Degradation, PatchSampler, test_photos, training_photos
-from edgesparse.frontends.featreg.evaluate import TestPair, evaluate_onnx, tvm_output_and_latency, with_input_shape
-from edgesparse.frontends.featreg.export import export_onnx, load_onnx_weights, save_onnx
-from edgesparse.frontends.featreg.gate import gates_in_call_order
-from edgesparse.frontends.featreg.metrics import to_uint8
-from edgesparse.frontends.featreg.multilevel import CHECKPOINT, TrainConfig, train
-from edgesparse.frontends.featreg.nets import build_net
+from edgesparse.frontends.featreg.experiments.evaluate import TestPair, featreg_options, with_input_shape
+from edgesparse.frontends.featreg.experiments.metrics import to_uint8
+from edgesparse.frontends.featreg.experiments.run import Experiment, run
+from edgesparse.frontends.featreg.multilevel import TrainConfig
 from edgesparse.passes.errors import EdgesparseError
-
-HELD_OUT_PATCHES = 64
-# The TVM check's input: the first test photo's centre, this many output pixels a side.
-TVM_CHECK_SIDE = 256
 
 
 def parse_levels(text: str, option: str = "--levels") -> list[float]:
@@ -53,32 +47,19 @@ def parse_levels(text: str, option: str = "--levels") -> list[float]:
     return levels
 
 
-def load_initial_weights(model, init: Path) -> None:
-    if init.suffix == ".onnx" and init.is_file():
-        load_onnx_weights(model, init)
-    elif (init / CHECKPOINT).is_file():
-        model.load_state_dict(torch.load(init / CHECKPOINT, weights_only=False)["model"])
-    else:
-        raise EdgesparseError(f"--init {init}: neither a run directory with a {CHECKPOINT} nor an .onnx file")
-
-
-def held_out_batch(photos, degradation: Degradation, patch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return PatchSampler(photos, degradation, patch, HELD_OUT_PATCHES, seed).sample()
-
-
-def controller_check(model, controller: SparsityController, calibration: torch.Tensor, check: torch.Tensor) -> dict:
-    """Each level's thresholds fixed on one held-out batch, the sparsity they give measured on another."""
-    figures = {}
-    for level in controller.levels:
-        controller.calibrate(model, calibration, level)
-        layers = controller.measure(model, check, level)
-        figures[str(level)] = {"target": level, "measured": float(np.mean(list(layers.values()))), "layers": layers}
-    return figures
-
-
-def centre_crop(photo: np.ndarray, side: int) -> np.ndarray:
-    top, left = max(0, (photo.shape[0] - side) // 2), max(0, (photo.shape[1] - side) // 2)
-    return photo[top : top + side, left : left + side]
+def tvm_output_and_latency(
+    model, inputs: np.ndarray, level: float | None, *, gated: bool = True, number: int = 3, repeat: int = 3
+) -> tuple[np.ndarray, float]:
+    """(output, latency in ms, median) of the TVM ``llvm`` build: through ``featreg`` at the level, or
+    (``gated=False``) the dense build, gates left as Where + Conv."""
+    shaped = with_input_shape(model, inputs)
+    result = (
+        compile_model(shaped, "llvm", passes="default,featreg", pass_options=featreg_options(level))
+        if gated
+        else compile_model(shaped, "llvm")
+    )
+    output = result.run({shaped.graph.inputs[0].name: inputs})[result.report["outputs"][0]]
+    return output, tvm_latency_ms(result.build.executable, [inputs], number=number, repeat=repeat)
 
 
 def tvm_check(model, controller: SparsityController, onnx_model, pair: TestPair) -> dict:
@@ -162,59 +143,35 @@ def main() -> int:
     levels = [] if args.dense else parse_levels(args.levels)
     if args.export_levels and args.dense:
         raise EdgesparseError("--export-levels: a --dense run has no levels")
-    export_levels = parse_levels(args.export_levels, "--export-levels") if args.export_levels else levels
-    degradation = Degradation(args.task, args.scale, args.sigma)
-    task = {"task": "sr", "scale": args.scale} if args.task == "sr" else {"task": "denoise", "sigma": args.sigma}
-    photos, calibration_photos = training_photos()
-    test = test_photos()
-    args.output.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(args.seed)
-    model = build_net(
-        args.task,
+    experiment = Experiment(
+        task=args.task,
+        output=args.output,
         scale=args.scale,
+        sigma=args.sigma,
+        levels=levels,
+        export_levels=parse_levels(args.export_levels, "--export-levels") if args.export_levels else None,
         width=args.width,
         blocks=args.blocks,
         depth=args.depth,
         image_skip=not args.no_image_skip,
+        patch=args.patch,
+        batch=args.batch,
+        init=args.init,
+        train=TrainConfig(
+            steps=args.steps,
+            lr=args.lr,
+            reg_weight=0.0 if args.dense else args.reg_weight,
+            reg_kind=args.reg,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+            freeze_batchnorm=args.freeze_batchnorm,
+        ),
     )
-    low_patch = args.patch // degradation.scale_factor
-    controller = SparsityController(gates_in_call_order(model, torch.rand(1, 3, low_patch, low_patch)), levels)
-    if args.init is not None:
-        load_initial_weights(model, args.init)
-    sampler = PatchSampler(photos, degradation, args.patch, args.batch, args.seed)
-    config = TrainConfig(
-        steps=args.steps,
-        lr=args.lr,
-        reg_weight=0.0 if args.dense else args.reg_weight,
-        reg_kind=args.reg,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        freeze_batchnorm=args.freeze_batchnorm,
+    metrics = run(
+        experiment,
+        device_check=None if args.skip_tvm else tvm_check,
+        extra_metrics={"args": {key: str(value) for key, value in vars(args).items()}},
     )
-    log = train(model, controller, sampler, config, args.output)
-    # The exported levels are each calibrated below (training's running thresholds are not kept).
-    controller = controller.with_levels(export_levels)
-
-    calibration, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 1)
-    check, _ = held_out_batch(calibration_photos, degradation, args.patch, args.seed + 2)
-    metrics = {
-        "args": {key: str(value) for key, value in vars(args).items()},
-        "task": task,
-        "training_log_tail": log[-10:],
-    }
-    metrics["controller"] = controller_check(model, controller, calibration, check)
-    onnx_model = export_onnx(model, controller, task)
-    save_onnx(onnx_model, args.output / "model.onnx")
-    metrics["test"] = {
-        str(level): evaluate_onnx(onnx_model, test, degradation, level) for level in controller.levels or [None]
-    }
-    if not args.skip_tvm:
-        first = next(iter(test.values()))
-        metrics["tvm"] = tvm_check(
-            model, controller, onnx_model, TestPair(centre_crop(first, TVM_CHECK_SIDE), degradation, index=0)
-        )
-    (args.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(
         json.dumps(
             {

@@ -62,7 +62,7 @@ def main() -> int:
         args.rpc,
         passes=args.passes,
         debug=args.debug,
-        pass_options=pass_options(args),
+        pass_options=pass_options(args, model),
         session_timeout_s=args.session_timeout,
     )
     where = f"device {args.rpc}" if args.rpc else "this host"

@@ -2,7 +2,7 @@
 
 A CNN trained on a labelled *source* domain is pruned for an unlabelled *target* domain. The exact
 equations of the paper are not reproduced here; each piece is the standard form named below, and each
-can be switched off (:class:`~edgesparse.frontends.admp.experiment.Config`, ``tools/train_admp.py``
+can be switched off (:class:`~edgesparse.frontends.admp.experiments.run.Config`, ``tools/train_admp.py``
 flags) so that its effect can be measured.
 
 Teacher (``teacher``)

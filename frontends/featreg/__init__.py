@@ -15,8 +15,8 @@ The choices where the paper's exact form is not given, each the standard one:
   sits at the level, and the mean sparsity is the level); batch quantiles in training, fixed on held-out
   patches after it.
 - multi-sparsity: one level drawn uniformly per batch; the exported model's default thresholds are the
-  lowest level's. The runs in the README fine-tune a dense (ReLU) model this way: from scratch, levels
-  trained slower (measured there, with each other choice's effect).
+  lowest level's. The committed models were fine-tuned from a dense (ReLU) model this way: from scratch,
+  levels trained slower (docs/featreg.md has the measurements, with each other choice's effect).
 - SR net: EDSR-baseline plus a bicubic skip of the input (without it the high levels lost the image).
 - denoiser: DnCNN whose noise estimate is subtracted from a learned 5x5 smoothing of the input rather
   than from the input (without it, the noise, present at every pixel, needed dense features: 90% lost

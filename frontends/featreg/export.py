@@ -22,10 +22,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from edgesparse.frontends.errors import FrontendError
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.onnx_frontend import onnx_bytes_to_ir
 from edgesparse.frontends.torch_frontend import EXPORT_OPSET
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY, gated_convs
 from edgesparse.passes.pipeline import run_pipeline
 
@@ -76,14 +76,14 @@ def load_onnx_weights(model: nn.Module, path: str | os.PathLike) -> None:
     expected = model.state_dict()
     missing = [name for name in expected if name not in initializers]
     if missing:
-        raise EdgesparseError(
+        raise FrontendError(
             f"{path}: no initializer for the net's {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
             "(not exported from this net, or BatchNorm folded into its convs)"
         )
     state = {name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()) for name in expected}
     wrong = [name for name in expected if state[name].shape != expected[name].shape]
     if wrong:
-        raise EdgesparseError(
+        raise FrontendError(
             f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the net's is "
             f"{tuple(expected[wrong[0]].shape)} (other --width/--blocks?)"
         )

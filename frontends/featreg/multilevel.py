@@ -7,8 +7,9 @@ model serves them all, a threshold set each. Loss: L1 to the target + ``reg_weig
 (threshold 0), trained the same way. ``freeze_batchnorm`` (sparsity fine-tuning of a trained net): its
 BatchNorm layers keep their running statistics and normalize with them. Batches at different levels have
 different feature statistics, so running statistics updated by all of them fit their mix and no level
-(the problem slimmable nets solve with a BatchNorm per width); the affine parameters still train. Measured
-on the DnCNN denoiser (README): better at the lowest level, worse at the next, so it is not the default.
+(the problem slimmable nets solve with a BatchNorm per width); the affine parameters still train. On the
+DnCNN denoiser it was better at the lowest level and worse at the next (docs/featreg.md), so it is not the
+default.
 Adam with a cosine learning-rate decay; a checkpoint (weights, optimizer, schedule, controller, sampler,
 step) every ``checkpoint_every`` steps, written atomically, from which :func:`train` resumes after an
 interruption.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,10 +28,20 @@ from tqdm import tqdm
 
 from edgesparse.frontends.checkpoints import save_checkpoint
 from edgesparse.frontends.featreg.controller import SparsityController
-from edgesparse.frontends.featreg.data import PatchSampler
 from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class BatchSource(Protocol):
+    """Where training batches come from (e.g. ``experiments.data.PatchSampler``): its state is checkpointed
+    with the weights, so a resumed run draws the batches an uninterrupted one would have."""
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclasses.dataclass
@@ -54,7 +66,7 @@ def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
 def train(
     model: nn.Module,
     controller: SparsityController,
-    sampler: PatchSampler,
+    sampler: BatchSource,
     config: TrainConfig,
     out_dir: Path,
     *,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from edgesparse.frontends.errors import FrontendError
 from edgesparse.frontends.featreg.gate import ThresholdGate
-from edgesparse.passes.errors import EdgesparseError
 
 KINDS = ("hoyer", "l1")
 EPSILON = 1e-8
@@ -34,7 +34,7 @@ class FeatureRegularizer:
 
     def __init__(self, gates: list[ThresholdGate], kind: str = "hoyer"):
         if kind not in KINDS:
-            raise EdgesparseError(f"regularizer {kind!r}: expected one of {', '.join(KINDS)}")
+            raise FrontendError(f"regularizer {kind!r}: expected one of {', '.join(KINDS)}")
         self.kind = kind
         self.features: list[torch.Tensor] = []
         self.handles = [gate.register_forward_pre_hook(lambda _, args: self.features.append(args[0])) for gate in gates]
@@ -42,7 +42,7 @@ class FeatureRegularizer:
     def penalty(self) -> torch.Tensor:
         """The penalty of the features recorded since the last call (which forgets them)."""
         if not self.features:
-            raise EdgesparseError("the regularizer recorded no gate input: run a forward pass first")
+            raise FrontendError("the regularizer recorded no gate input: run a forward pass first")
         value = torch.stack([pixel_penalty(feature, self.kind) for feature in self.features]).mean()
         self.features = []
         return value

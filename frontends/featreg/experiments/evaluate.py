@@ -1,12 +1,12 @@
 """Test-set figures of an exported FeatReg model, run the way it deploys: through the ``featreg`` pass.
 
-Each photo is degraded (:class:`~edgesparse.frontends.featreg.data.Degradation`; the noise seeded by the
-photo's index, so every run sees the same noisy photos), the ONNX model gets that photo's input shape and
-goes through ``default,featreg`` at the level (its thresholds from the metadata; the photo itself is the
-calibration sample, so the pass measures each gated conv's input sparsity on it); ONNX Runtime then runs
-the rewritten model (GatedConv as its function body). MACs come from the pass's report, per photo;
-figures are averaged over photos. :func:`tvm_output_and_latency` builds the same rewritten model with TVM
-(``llvm``) to check it gives the same image and to time it against the dense build.
+Each photo is degraded (:class:`~edgesparse.frontends.featreg.experiments.data.Degradation`; the noise
+seeded by the photo's index, so every run sees the same noisy photos), the ONNX model gets that photo's
+input shape and goes through ``default,featreg`` at the level (its thresholds from the metadata; the photo
+itself is the calibration sample, so the pass measures each gated conv's input sparsity on it); ONNX
+Runtime then runs the rewritten model (GatedConv as its function body). MACs come from the pass's report,
+per photo; figures are averaged over photos. Builds and timings of the same model with TVM belong to the
+tools (``tools/train_featreg.py``), which may use the backends.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from edgesparse.backends.artefact import effective_macs
-from edgesparse.backends.compiler import compile_model, optimize
-from edgesparse.backends.onnxruntime_ref import run_onnxruntime
-from edgesparse.backends.timing import tvm_latency_ms
-from edgesparse.frontends.featreg.data import Degradation, bicubic_resize, to_tensor
+from edgesparse.frontends.errors import FrontendError
+from edgesparse.frontends.featreg.experiments.data import Degradation, bicubic_resize, to_tensor
+from edgesparse.frontends.featreg.experiments.metrics import psnr_y, ssim_y, to_uint8
 from edgesparse.frontends.featreg.export import TASK_METADATA_KEY
-from edgesparse.frontends.featreg.metrics import psnr_y, ssim_y, to_uint8
 from edgesparse.frontends.onnx_frontend import set_input_shapes
-from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY
 from edgesparse.passes.macs import count_macs
-from edgesparse.passes.report import recorded_reports
+from edgesparse.passes.onnxruntime_ref import run_onnxruntime
+from edgesparse.passes.pipeline import run_pipeline
+from edgesparse.passes.report import GatedLayers, read
 
 
 def model_levels(model: ir.Model) -> list[float]:
@@ -42,7 +40,7 @@ def model_task(model: ir.Model) -> dict:
 def check_level(model: ir.Model, level: float | None) -> None:
     levels = model_levels(model)
     if level is not None and not any(np.isclose(level, known) for known in levels):
-        raise EdgesparseError(
+        raise FrontendError(
             f"level {level} is not among the model's levels ({', '.join(map(str, levels)) or 'none: a dense model'})"
         )
 
@@ -72,14 +70,13 @@ def featreg_options(level: float | None, calibration: list[dict[str, np.ndarray]
     return {"featreg": {"sparsity": level, "min_sparsity": 0.0, **({"calibrate": calibration} if calibration else {})}}
 
 
-def run_featreg(model: ir.Model, inputs: np.ndarray, level: float | None) -> tuple[np.ndarray, list[dict], int]:
+def run_featreg(model: ir.Model, inputs: np.ndarray, level: float | None) -> tuple[np.ndarray, GatedLayers, int]:
     """(output, the pass's per-layer report, the model's dense MACs) for one input through the pass."""
     shaped = with_input_shape(model, inputs)
     name = shaped.graph.inputs[0].name
-    optimized, _ = optimize(shaped, "default,featreg", pass_options=featreg_options(level, [{name: inputs}]))
-    layers = json.loads(recorded_reports(optimized)["layers"])
+    optimized = run_pipeline(shaped, "default,featreg", pass_options=featreg_options(level, [{name: inputs}]))
     output = run_onnxruntime(optimized, {name: inputs})[optimized.graph.outputs[0].name]
-    return output, layers, sum(entry.macs for entry in count_macs(optimized))
+    return output, read(optimized, GatedLayers), sum(entry.macs for entry in count_macs(optimized))
 
 
 def evaluate_onnx(
@@ -96,10 +93,10 @@ def evaluate_onnx(
         output, layers, macs = run_featreg(model, pair.input, level)
         scores["model"].append(pair.score(to_uint8(output[0])))
         scores[baseline_name].append(pair.score(pair.baseline))
-        for layer in layers:
-            sparsity.setdefault(layer["name"], []).append(layer["input_sparsity"])
+        for layer in layers.layers:
+            sparsity.setdefault(layer.name, []).append(layer.input_sparsity)
         dense.append(macs)
-        effective.append(effective_macs(macs, layers))
+        effective.append(layers.effective_macs(macs))
     mean = lambda values: float(np.mean(values))  # noqa: E731
     return {
         **{
@@ -115,18 +112,3 @@ def evaluate_onnx(
         "level": level,
         "images": list(photos),
     }
-
-
-def tvm_output_and_latency(
-    model: ir.Model, inputs: np.ndarray, level: float | None, *, gated: bool = True, number: int = 3, repeat: int = 3
-) -> tuple[np.ndarray, float]:
-    """(output, latency in ms, median) of the TVM ``llvm`` build: through ``featreg`` at the level, or
-    (``gated=False``) the dense build, gates left as Where + Conv."""
-    shaped = with_input_shape(model, inputs)
-    result = (
-        compile_model(shaped, "llvm", passes="default,featreg", pass_options=featreg_options(level))
-        if gated
-        else compile_model(shaped, "llvm")
-    )
-    output = result.run({shaped.graph.inputs[0].name: inputs})[result.report["outputs"][0]]
-    return output, tvm_latency_ms(result.build.executable, [inputs], number=number, repeat=repeat)

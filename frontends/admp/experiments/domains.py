@@ -18,7 +18,7 @@ from PIL import Image
 from skimage.transform import resize
 from sklearn.model_selection import train_test_split
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.frontends.errors import FrontendError
 
 OPENCV_DIGITS = [
     Path(directory) / name
@@ -46,7 +46,7 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
 def _opencv_digits() -> tuple[np.ndarray, np.ndarray]:
     path = next((path for path in OPENCV_DIGITS if path.exists()), None)
     if path is None:
-        raise EdgesparseError("OpenCV's digits.png (Debian package opencv-doc) is not installed: run `make data`")
+        raise FrontendError("OpenCV's digits.png (Debian package opencv-doc) is not installed: run `make data`")
     with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as file:
         sheet = np.asarray(Image.open(file).convert("L"))
     cells = sheet.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(-1, 20, 20)
@@ -70,7 +70,7 @@ DOMAINS = tuple(LOADERS)
 
 def check_domain(name: str) -> str:
     if name not in LOADERS:
-        raise EdgesparseError(f"unknown domain {name!r}: expected one of {', '.join(DOMAINS)}")
+        raise FrontendError(f"unknown domain {name!r}: expected one of {', '.join(DOMAINS)}")
     return name
 
 

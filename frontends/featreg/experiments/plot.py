@@ -1,7 +1,8 @@
 """PSNR vs effective MACs per image, from the metrics.json files tools/train_featreg.py writes: the dense
 baseline, each level of the multi-sparsity model, and the baseline without a net (bicubic / noisy input).
 
-    python -m edgesparse.frontends.featreg.plot --sr DENSE SPARSE --denoise DENSE SPARSE -o docs/featreg-psnr-macs.png
+    python -m edgesparse.frontends.featreg.experiments.plot --sr DENSE SPARSE --denoise DENSE SPARSE \
+        -o docs/featreg-psnr-macs.png
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ import torch
 from torch.nn.functional import cross_entropy
 
 from edgesparse.frontends.admp.admm import ADMM, keep_count, project_top_k
-from edgesparse.frontends.admp.domains import check_domain, load_domain, split
+from edgesparse.frontends.admp.experiments.domains import check_domain, load_domain, split
 from edgesparse.frontends.admp.export import export_model
 from edgesparse.frontends.admp.losses import distillation, mmd, pseudo_label
 from edgesparse.frontends.admp.masks import kept_channel_ratio, mask_parameters, set_mode
 from edgesparse.frontends.admp.model import ResidualCNN
 from edgesparse.frontends.admp.training import accuracy, augment, batches, predict, recompute_batchnorm, run_stage
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.frontends.errors import FrontendError
 
 METHODS = ("source_only", "teacher", "prune_then_adapt", "admp")
 
@@ -75,16 +75,16 @@ class Config:
     def __post_init__(self):
         check_domain(self.source), check_domain(self.target)
         if self.source == self.target:
-            raise EdgesparseError(f"source and target are both {self.source!r}: pick two different domains")
+            raise FrontendError(f"source and target are both {self.source!r}: pick two different domains")
         if not 0 < self.ratio < 1:
-            raise EdgesparseError(
+            raise FrontendError(
                 f"ratio {self.ratio}: the fraction of channels pruned must be between 0 and 1 (exclusive)"
             )
         if not (self.soft_mask or self.hard_mask):
-            raise EdgesparseError("ADMP needs the soft mask, the hard mask or both")
+            raise FrontendError("ADMP needs the soft mask, the hard mask or both")
         for name in ("size", "width", "epochs", "batch_size", "admm_every"):
             if getattr(self, name) < 1:
-                raise EdgesparseError(f"{name} must be at least 1, not {getattr(self, name)}")
+                raise FrontendError(f"{name} must be at least 1, not {getattr(self, name)}")
 
     def as_dict(self, keys: tuple[str, ...] | None = None) -> dict:
         values = dataclasses.asdict(self)
@@ -305,7 +305,7 @@ def _claim(path: Path, settings: dict) -> None:
     """Checkpoints in a directory belong to one configuration: a run with another one is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and json.loads(path.read_text()) != settings:
-        raise EdgesparseError(
+        raise FrontendError(
             f"{path.parent} holds a run with other settings ({path.name}): use another output directory"
         )
     path.write_text(json.dumps(settings, indent=2) + "\n")

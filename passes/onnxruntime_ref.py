@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.errors import PassError
 
 
 def to_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
@@ -30,7 +30,7 @@ def input_specs(model: ir.Model) -> list[tuple[str, tuple[int, ...], np.dtype]]:
     for value in model.graph.inputs:
         shape = value.shape
         if shape is None or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
-            raise EdgesparseError(
+            raise PassError(
                 f"input {value.name!r} has a symbolic shape {shape}; fix it with --input-shape {value.name}=D0,D1,..."
             )
         specs.append((value.name, tuple(shape), value.dtype.numpy()))
