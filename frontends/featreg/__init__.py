@@ -22,3 +22,9 @@ The choices where the paper's exact form is not given, each the standard one:
   than from the input (without it, the noise, present at every pixel, needed dense features: 90% lost
   all the denoising).
 """
+
+from edgesparse.frontends.featreg.api import export, fit, set_level
+from edgesparse.frontends.featreg.attach import GateReport, attach_gates
+from edgesparse.frontends.featreg.gate import ThresholdGate
+
+__all__ = ["GateReport", "ThresholdGate", "attach_gates", "export", "fit", "set_level"]
