@@ -2,14 +2,19 @@
 featreg.fit, exported with featreg.export, and compiled with the featreg pass like the built-in nets."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
+from conftest import run_tool
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
 from edgesparse.backends import compile_model
 from edgesparse.frontends import featreg
 from edgesparse.frontends.featreg.experiments.data import Degradation, PatchSampler, skimage_photo
+from edgesparse.frontends.featreg.experiments.run import load_model_factory
 from edgesparse.frontends.onnx_frontend import set_input_shapes
 from edgesparse.passes.featreg import LEVELS_METADATA_KEY
 from edgesparse.passes.onnxruntime_ref import max_relative_error
@@ -137,3 +142,54 @@ def test_a_gated_user_net_trains_exports_and_compiles_to_gated_convs_at_each_lev
         with torch.no_grad():
             expected = net(inputs).numpy()
         assert max_relative_error(result.run({"input": inputs.numpy()})["output"], expected) < 1e-4, level
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_the_examples_are_gated_as_their_activations_say():
+    vdsr = load_model_factory(f"{EXAMPLES / 'vdsr.py'}:VDSR")(width=8)
+    report = featreg.attach_gates(vdsr, example())
+    assert len(report.gated) == 19 and not report.dense_model_changes and not report.forward_replaced
+    assert [skipped.conv for skipped in report.skipped] == ["input"]
+    fsrcnn = load_model_factory(f"{EXAMPLES / 'fsrcnn.py'}:FSRCNN")(d=8, s=4, m=2)
+    report = featreg.attach_gates(fsrcnn, example())
+    assert len(report.gated) == 4 and all("after PReLU" in feature.placement for feature in report.gated)
+    assert {skipped.conv: skipped.reason for skipped in report.skipped}["last_part"].startswith("ConvTranspose2d")
+
+
+@pytest.fixture(scope="module")
+def photo_dirs(tmp_path_factory):
+    train, test = tmp_path_factory.mktemp("train"), tmp_path_factory.mktemp("test")
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(skimage_photo(name, 96)).save(train / f"{name}.png")
+    Image.fromarray(skimage_photo("rocket", 64)).save(test / "rocket.png")
+    return train, test
+
+
+@pytest.mark.training
+def test_the_cli_trains_a_users_net_from_a_file_on_a_photo_directory(photo_dirs, tmp_path):
+    train, test = photo_dirs
+    args = ["--task", "sr", "--model", f"{EXAMPLES / 'fsrcnn.py'}:FSRCNN", "--model-args", '{"d": 8, "s": 4, "m": 1}']
+    args += ["--images", train, "--test-images", test, "--steps", "3", "--batch", "4", "--patch", "24"]
+    run = run_tool("train_featreg", *args, "--levels", "0.5,0.9", "--skip-tvm", "-o", tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "after PReLU" in run.stdout and "last_part: ConvTranspose2d" in run.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert sorted(metrics["test"]) == ["0.5", "0.9"] and metrics["gates"][0].startswith("3 gates")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no/such/file.py:Net"], "no such file"),
+        (["--model", "examples/vdsr.py:NoSuchNet"], "no class or function NoSuchNet"),
+        (["--model-args", "{oops"], "not JSON"),
+    ],
+    ids=["missing-file", "missing-name", "bad-json"],
+)
+def test_cli_bad_model_is_a_one_line_error(photo_dirs, args, message, tmp_path):
+    train, test = photo_dirs
+    run = run_tool("train_featreg", "--task", "sr", "--images", train, "--test-images", test, *args, "-o", tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error:") and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
