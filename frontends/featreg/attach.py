@@ -287,8 +287,12 @@ def attach_gates(net: nn.Module, example_inputs) -> GateReport:
             isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()
         )
         hidden[node] = is_conv or has_conv_inside or any(hidden.get(i, False) for i in inputs)
+        numbers = [arg for arg in (*node.args, *node.kwargs.values()) if isinstance(arg, (int, float))]
         nonnegative[node] = _is_relu(net, node) or (
-            _preserves_nonnegative(net, node) and bool(inputs) and all(nonnegative.get(i, False) for i in inputs)
+            _preserves_nonnegative(net, node)
+            and bool(inputs)
+            and all(nonnegative.get(i, False) for i in inputs)
+            and all(number >= 0 for number in numbers)  # x + c, x * c: c >= 0
         )
 
     skipped: list[SkippedConv] = []
