@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from edgesparse.frontends.featreg.nets import FeatRegEDSR
+from edgesparse.frontends.featreg.nets import FeatRegEDSR, gated
 
 
 def conv_bn_act(
@@ -142,7 +142,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mobilenetv2": (MobileNetV2Style, (1, 3, 32, 32)),
     "unet": (UNetStyle, (1, 3, 32, 32)),
     "edsr": (EDSRStyle, (1, 3, 24, 24)),
-    "featreg-edsr": (lambda: FeatRegEDSR(width=32), (1, 3, 24, 24)),
+    "featreg-edsr": (lambda: gated(FeatRegEDSR(width=32)), (1, 3, 24, 24)),
 }
 
 

@@ -8,13 +8,20 @@
     python tools/train_featreg.py --task denoise --sigma 25 --levels 0.6,0.8,0.9,0.95 -o out/
     # a finished run, re-exported with a level between trained ones:
     python tools/train_featreg.py --task sr --scale 2 --export-levels 0.6,0.8,0.85,0.9,0.95 -o out/
+    # your own net (a class or function in a file or a package), gated by featreg.attach_gates:
+    python tools/train_featreg.py --task sr --model examples/vdsr.py:VDSR --model-args '{"depth": 20}' -o out/
+    # on a GPU, your own photos, two processes (data-parallel; NCCL on GPUs, gloo on CPU):
+    torchrun --nproc-per-node 2 tools/train_featreg.py --task sr --device cuda --images photos/ -o out/
 
 Writes out/checkpoint.pt (every --checkpoint-every steps; a rerun with the same -o resumes from it),
 out/model.onnx (gates in the form the featreg pass reads, every level's thresholds in its metadata) and
 out/metrics.json: the controller's check on held-out patches (target vs measured sparsity, per gate), the
 test-set figures per level through the featreg pass (as tools/eval_featreg.py prints them), and per level
 the featreg + TVM (llvm) build's image against PyTorch's and its latency against the dense build.
-Photos: `make data` (Debian wallpapers for training, OpenCV samples for the test set).
+Photos: `make data` (Debian wallpapers for training, OpenCV samples for the test set), or --images DIR
+(training; every 8th photo held out to calibrate) and --test-images DIR. Under torchrun --batch is the
+global batch (split across the processes) and rank 0 writes the files; a checkpoint resumes with any
+number of processes.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from _cli import run_main
 
 from edgesparse.backends.compiler import compile_model
 from edgesparse.backends.timing import onnxruntime_latency_ms, tvm_latency_ms
+from edgesparse.frontends import distributed
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.experiments.evaluate import TestPair, featreg_options, with_input_shape
 from edgesparse.frontends.featreg.experiments.metrics import to_uint8
@@ -133,6 +141,20 @@ def main() -> int:
         action="store_true",
         help="keep the BatchNorm running statistics of --init's model while training levels (denoise)",
     )
+    parser.add_argument(
+        "--model",
+        help=(
+            "your net instead of the built-in one: FILE.py:NAME or PACKAGE.MODULE:NAME, a class or function "
+            "returning a torch.nn.Module (image in, image out), gated by featreg.attach_gates"
+        ),
+    )
+    parser.add_argument(
+        "--model-args", default="{}", help="--model's keyword arguments as JSON, e.g. '{\"depth\": 20}'"
+    )
+    parser.add_argument("--weights", type=Path, help="--model's dense weights (a torch state dict file) to start from")
+    parser.add_argument("--images", type=Path, help="a directory of training photos instead of the packaged ones")
+    parser.add_argument("--test-images", type=Path, help="a directory of test photos instead of the packaged ones")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--skip-tvm", action="store_true", help="leave the TVM check and timing out of metrics.json")
@@ -141,6 +163,18 @@ def main() -> int:
     torch.set_num_threads(1)  # the machine's cores are shared (CI, other runs)
 
     levels = [] if args.dense else parse_levels(args.levels)
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as error:
+        raise EdgesparseError(f"--model-args {args.model_args!r}: not JSON ({error})") from None
+    if not isinstance(model_args, dict):
+        raise EdgesparseError(f"--model-args {args.model_args!r}: expected a JSON object of keyword arguments")
+    if args.model_args != "{}" and not args.model:
+        raise EdgesparseError("--model-args: give --model too")
+    if args.weights is not None and not args.model:
+        raise EdgesparseError("--weights: the dense weights of --model's net (built-in nets: --init)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgesparseError(f"--device {args.device}: no CUDA device here")
     if args.export_levels and args.dense:
         raise EdgesparseError("--export-levels: a --dense run has no levels")
     experiment = Experiment(
@@ -157,6 +191,12 @@ def main() -> int:
         patch=args.patch,
         batch=args.batch,
         init=args.init,
+        model=args.model,
+        model_args=model_args,
+        weights=args.weights,
+        images=args.images,
+        test_images=args.test_images,
+        device=args.device,
         train=TrainConfig(
             steps=args.steps,
             lr=args.lr,
@@ -172,6 +212,10 @@ def main() -> int:
         device_check=None if args.skip_tvm else tvm_check,
         extra_metrics={"args": {key: str(value) for key, value in vars(args).items()}},
     )
+    main_process = distributed.is_main()
+    distributed.shutdown()
+    if not main_process:
+        return 0
     print(
         json.dumps(
             {

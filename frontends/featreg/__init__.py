@@ -1,7 +1,11 @@
 """FeatReg, the training side: hidden features made sparse along the channel axis at each pixel, one model
 serving several sparsity levels, exported for the ``featreg`` pass.
 
-One module per job: ``gate`` (the threshold gate), ``nets`` (EDSR-style SR, DnCNN-style denoiser),
+On any net: ``attach_gates(net, example_inputs)`` (``attach``: gates placed in the fx-traced graph), ``fit``
+and ``export`` (``api``); data-parallel under torchrun through ``edgesparse.frontends.distributed``.
+
+One module per job: ``gate`` (the threshold gate), ``attach`` (gating a net), ``api`` (fit, export),
+``nets`` (EDSR-style SR, DnCNN-style denoiser: ReLU nets, gated by ``attach_gates``),
 ``regularizer`` (the penalty), ``controller`` (target sparsity -> per-gate thresholds), ``multilevel``
 (training), ``data`` (photos, patches), ``metrics`` (PSNR/SSIM on Y), ``export`` (ONNX + levels),
 ``evaluate`` (test-set figures through the pass), ``plot`` (PSNR vs MACs).
@@ -22,3 +26,9 @@ The choices where the paper's exact form is not given, each the standard one:
   than from the input (without it, the noise, present at every pixel, needed dense features: 90% lost
   all the denoising).
 """
+
+from edgesparse.frontends.featreg.api import export, fit, set_level
+from edgesparse.frontends.featreg.attach import GateReport, attach_gates
+from edgesparse.frontends.featreg.gate import ThresholdGate
+
+__all__ = ["GateReport", "ThresholdGate", "attach_gates", "export", "fit", "set_level"]

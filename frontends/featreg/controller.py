@@ -7,6 +7,10 @@ as BatchNorm uses batch statistics, and a running average keeps them per level; 
 them on held-out patches and :meth:`measure` checks the sparsity they give on other held-out patches.
 Quantiles in training come from a random subsample of each feature (``TRACK_SAMPLES`` values): a full sort
 of every feature each step would cost as much as the convs.
+
+In data-parallel training (:mod:`edgesparse.frontends.distributed`) the training quantiles are taken over
+every process's share of the batch (each process's subsample, gathered), so every process gates alike and
+as one process would on the whole batch (exactly so where a feature has at most ``TRACK_SAMPLES`` values).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import torch
 from torch import nn
 
+from edgesparse.frontends import distributed
 from edgesparse.frontends.featreg.gate import ThresholdGate
 
 TRACK_SAMPLES = 1 << 15
@@ -27,6 +32,17 @@ def quantile(feature: torch.Tensor, level: float, samples: int | None = None) ->
     if samples is not None and values.numel() > samples:
         values = values[torch.randint(values.numel(), (samples,), device=values.device)]
     return torch.quantile(values, level)
+
+
+def global_quantile(feature: torch.Tensor, level: float, samples: int) -> torch.Tensor:
+    """The quantile over all processes' shares of the batch (each subsampled to its share of ``samples``)."""
+    if not distributed.is_distributed():
+        return quantile(feature, level, samples)
+    values = feature.detach().flatten()
+    share = max(1, samples // distributed.world_size())
+    if values.numel() > share:
+        values = values[torch.randint(values.numel(), (share,), device=values.device)]
+    return torch.quantile(distributed.all_gather_cat(values), level)
 
 
 class SparsityController:
@@ -58,9 +74,9 @@ class SparsityController:
         running = self.thresholds[level]
 
         def hook(index, gate, feature):
-            threshold = quantile(feature, level, TRACK_SAMPLES)
+            threshold = global_quantile(feature, level, TRACK_SAMPLES)
             gate.threshold.copy_(threshold)
-            running[index] += MOMENTUM * (threshold - running[index])
+            running[index] += MOMENTUM * (float(threshold) - running[index])
 
         return self.hooked(hook)
 

@@ -32,16 +32,27 @@ from edgesparse.passes.pipeline import run_pipeline
 TASK_METADATA_KEY = "featreg.task"
 
 
-def export_onnx(model: nn.Module, controller: SparsityController, task: dict, channels: int = 3) -> ir.Model:
+def export_onnx(
+    model: nn.Module,
+    controller: SparsityController,
+    task: dict | None,
+    channels: int = 3,
+    example: torch.Tensor | None = None,
+) -> ir.Model:
+    """``example``: an input (default: a random 1 x ``channels`` x 32 x 32 image); height and width are
+    exported symbolic either way."""
     model = model.eval()
     if controller.levels:
         controller.apply(controller.levels[0])
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    example = (torch.rand(1, channels, 32, 32) if example is None else example[:1]).to(device)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's, on every call
         torch.onnx.export(
             model,
-            (torch.rand(1, channels, 32, 32),),
+            (example,),
             buffer,
             dynamo=False,
             opset_version=EXPORT_OPSET,
@@ -52,8 +63,12 @@ def export_onnx(model: nn.Module, controller: SparsityController, task: dict, ch
     # The clean-up pipeline lifts the exporter's Constant nodes (thresholds among them) to initializers,
     # where the pass's gate matching looks for them.
     exported = run_pipeline(onnx_bytes_to_ir(buffer.getvalue(), source=type(model).__name__))
-    onnx_gates = [gate for _, gate in gated_convs(exported.graph)]
-    # The graph holds the gates in call order, as the controller does: pair them and check the pairing.
+    # One gate may feed several convs: each gate once, in graph order, which is call order as the
+    # controller's is: pair them and check the pairing.
+    position = {node: index for index, node in enumerate(exported.graph)}
+    # (A ReLU left in front of a conv the net did not gate is a gate to the pass, not one of the net's.)
+    unique = {gate.node: gate for _, gate in gated_convs(exported.graph) if gate.node.op_type == "Where"}
+    onnx_gates = sorted(unique.values(), key=lambda gate: position[gate.node])
     torch_thresholds = [float(gate.threshold) for gate in controller.gates]
     if len(onnx_gates) != len(controller.gates) or not np.allclose(
         [gate.threshold for gate in onnx_gates], torch_thresholds, atol=1e-6
@@ -66,7 +81,8 @@ def export_onnx(model: nn.Module, controller: SparsityController, task: dict, ch
         for level in controller.levels
     }
     exported.metadata_props[LEVELS_METADATA_KEY] = json.dumps(levels)
-    exported.metadata_props[TASK_METADATA_KEY] = json.dumps(task)
+    if task is not None:
+        exported.metadata_props[TASK_METADATA_KEY] = json.dumps(task)
     return exported
 
 

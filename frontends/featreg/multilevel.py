@@ -12,27 +12,36 @@ DnCNN denoiser it was better at the lowest level and worse at the next (docs/fea
 default.
 Adam with a cosine learning-rate decay; a checkpoint (weights, optimizer, schedule, controller, sampler,
 step) every ``checkpoint_every`` steps, written atomically, from which :func:`train` resumes after an
-interruption.
+interruption. The loss is L1 by default, any ``loss(outputs, targets)`` otherwise.
+
+Device and scale: ``device`` ("cpu", "cuda") holds the model and each batch. Started by ``torchrun``
+(:mod:`edgesparse.frontends.distributed`), every process draws the same global batch from its (identically
+seeded) source and trains on its slice, DDP averages the gradients, the controller's quantiles are taken
+over all the slices, and rank 0 writes the checkpoint: the run equals one process on the global batch
+(within float rounding), and a checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgesparse.frontends.checkpoints import save_checkpoint
+from edgesparse.frontends import distributed
+from edgesparse.frontends.errors import FrontendError
 from edgesparse.frontends.featreg.controller import SparsityController
 from edgesparse.frontends.featreg.regularizer import FeatureRegularizer
 
 CHECKPOINT = "checkpoint.pt"
 
 
+@runtime_checkable
 class BatchSource(Protocol):
     """Where training batches come from (e.g. ``experiments.data.PatchSampler``): its state is checkpointed
     with the weights, so a resumed run draws the batches an uninterrupted one would have."""
@@ -42,6 +51,44 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class IterableSource:
+    """A :class:`BatchSource` over any iterable of ``(input, target)`` batches (a list, a DataLoader, a
+    generator function's result): re-iterated when it runs out (epochs). Its state is the number of batches
+    drawn: a resumed run re-iterates and skips that many, so it draws what an uninterrupted run would where
+    the iterable yields the same batches each time it is iterated (a seeded DataLoader does)."""
+
+    def __init__(self, batches: Iterable):
+        self.batches, self.iterator, self.drawn = batches, None, 0
+
+    def _next(self):
+        if self.iterator is None:
+            self.iterator = iter(self.batches)
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.batches)
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                raise FrontendError("the training batches are empty") from None
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._next()
+        self.drawn += 1
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise FrontendError(f"a training batch must be an (input, target) pair, got {type(batch).__name__}")
+        return batch[0], batch[1]
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iterator, self.drawn = None, 0
+        for _ in range(state["drawn"]):
+            self._next()
+        self.drawn = state["drawn"]
 
 
 @dataclasses.dataclass
@@ -71,9 +118,15 @@ def train(
     out_dir: Path,
     *,
     progress: bool = True,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
     """Trains ``model`` in place up to ``config.steps`` (resuming from ``out_dir``'s checkpoint); the
-    training log (one entry per logged step) is returned and kept in the checkpoint."""
+    training log (one entry per logged step) is returned and kept in the checkpoint. ``model`` ends on
+    ``device``."""
+    loss = loss or nn.functional.l1_loss
+    device = distributed.local_device(device)
+    model.to(device)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
@@ -82,7 +135,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -90,26 +143,32 @@ def train(
         sampler.load_state_dict(state["sampler"])
         level_generator.set_state(state["level_generator"])
         torch.set_rng_state(state["torch_rng"])  # the controller's quantile subsampling draws from it
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         step, log = state["step"], state["log"]
+    trained = distributed.wrap(model, device)
     regularizer = (
         FeatureRegularizer(controller.gates, config.reg_kind) if controller.levels and config.reg_weight > 0 else None
     )
     set_training_mode(model, config.freeze_batchnorm)
+    progress = progress and distributed.is_main()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     while step < config.steps:
         inputs, targets = sampler.sample()
+        inputs = distributed.local_slice(inputs).to(device, non_blocking=True)
+        targets = distributed.local_slice(targets).to(device, non_blocking=True)
         level = (
             controller.levels[int(torch.randint(len(controller.levels), (), generator=level_generator))]
             if controller.levels
             else None
         )
         with controller.tracking(level) if level is not None else contextlib.nullcontext():
-            outputs = model(inputs)
-        reconstruction = nn.functional.l1_loss(outputs, targets)
-        penalty = regularizer.penalty() if regularizer else torch.zeros(())
-        loss = reconstruction + config.reg_weight * penalty
+            outputs = trained(inputs)
+        reconstruction = loss(outputs, targets)
+        penalty = regularizer.penalty() if regularizer else torch.zeros((), device=device)
+        total = reconstruction + config.reg_weight * penalty
         optimizer.zero_grad()
-        loss.backward()
+        total.backward()
         optimizer.step()
         schedule.step()
         step += 1
@@ -129,7 +188,9 @@ def train(
                 "step": step,
                 "log": log,
             }
-            save_checkpoint(state, checkpoint)
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            distributed.save_on_main(state, checkpoint)
     bar.close()
     if regularizer:
         regularizer.remove()

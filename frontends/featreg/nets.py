@@ -1,4 +1,6 @@
-"""The FeatReg networks: every hidden conv reads a gated feature; only the first conv reads the image.
+"""The FeatReg networks, as ordinary ReLU nets: every hidden conv reads a ReLU's output; only the first
+conv reads the image. :func:`build_net` gates them with :func:`~edgesparse.frontends.featreg.attach.attach_gates`
+(each ReLU becomes a gate under its own name), as it gates any user's net.
 
 - :class:`FeatRegEDSR`: EDSR-baseline layout for super-resolution (x2, x3, x4), optionally plus the
   bicubic upscale of the input (``image_skip``), so the net only adds the missing detail: with gates in
@@ -14,18 +16,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgesparse.frontends.featreg.gate import ThresholdGate
+from edgesparse.frontends.featreg.attach import attach_gates
 
 SMOOTHING_SIZE, SMOOTHING_SIGMA = 5, 1.0
 
 
-class GatedResidualBlock(nn.Module):
+class PreActivationResidualBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.body = nn.Sequential(
-            ThresholdGate(),
+            nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1),
-            ThresholdGate(),
+            nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1),
         )
 
@@ -34,7 +36,7 @@ class GatedResidualBlock(nn.Module):
 
 
 class FeatRegEDSR(nn.Module):
-    """EDSR-baseline layout (head, residual blocks, global skip, conv + PixelShuffle, tail) with a gate in
+    """EDSR-baseline layout (head, residual blocks, global skip, conv + PixelShuffle, tail) with a ReLU in
     front of every conv but the head, which reads the image."""
 
     def __init__(self, scale: int = 2, width: int = 64, blocks: int = 4, channels: int = 3, image_skip: bool = False):
@@ -42,12 +44,14 @@ class FeatRegEDSR(nn.Module):
         self.scale, self.image_skip = scale, image_skip
         self.head = nn.Conv2d(channels, width, 3, padding=1)
         self.body = nn.Sequential(
-            *[GatedResidualBlock(width) for _ in range(blocks)], ThresholdGate(), nn.Conv2d(width, width, 3, padding=1)
+            *[PreActivationResidualBlock(width) for _ in range(blocks)],
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
         )
         self.upsample = nn.Sequential(
-            ThresholdGate(), nn.Conv2d(width, width * scale * scale, 3, padding=1), nn.PixelShuffle(scale)
+            nn.ReLU(), nn.Conv2d(width, width * scale * scale, 3, padding=1), nn.PixelShuffle(scale)
         )
-        self.tail = nn.Sequential(ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1))
+        self.tail = nn.Sequential(nn.ReLU(), nn.Conv2d(width, channels, 3, padding=1))
 
     def forward(self, x):
         features = self.head(x)
@@ -60,18 +64,18 @@ class FeatRegEDSR(nn.Module):
 
 
 class FeatRegDnCNN(nn.Module):
-    """DnCNN: conv, then ``depth - 2`` x (gate, conv, BatchNorm), then gate + conv to the noise estimate,
+    """DnCNN: conv, then ``depth - 2`` x (ReLU, conv, BatchNorm), then ReLU + conv to the noise estimate,
     which the net subtracts from its input (``image_skip``: from the input's learned smoothing). BatchNorm
     folds into the conv before it at export."""
 
     def __init__(self, width: int = 64, depth: int = 17, channels: int = 3, image_skip: bool = False):
         super().__init__()
         hidden = [
-            nn.Sequential(ThresholdGate(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+            nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
             for _ in range(depth - 2)
         ]
         self.noise = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), *hidden, ThresholdGate(), nn.Conv2d(width, channels, 3, padding=1)
+            nn.Conv2d(channels, width, 3, padding=1), *hidden, nn.ReLU(), nn.Conv2d(width, channels, 3, padding=1)
         )
         self.smoothing = (
             nn.Conv2d(channels, channels, SMOOTHING_SIZE, padding=SMOOTHING_SIZE // 2, groups=channels, bias=False)
@@ -98,7 +102,18 @@ def build_net(
     channels: int = 3,
     image_skip: bool = True,
 ) -> nn.Module:
-    """The task's net: ``sr`` -> :class:`FeatRegEDSR` (``blocks``), ``denoise`` -> :class:`FeatRegDnCNN` (``depth``)."""
+    """The task's net, gated: ``sr`` -> :class:`FeatRegEDSR` (``blocks``), ``denoise`` -> :class:`FeatRegDnCNN`
+    (``depth``)."""
     if task == "sr":
-        return FeatRegEDSR(scale=scale, width=width, blocks=blocks, channels=channels, image_skip=image_skip)
-    return FeatRegDnCNN(width=width, depth=depth, channels=channels, image_skip=image_skip)
+        net = FeatRegEDSR(scale=scale, width=width, blocks=blocks, channels=channels, image_skip=image_skip)
+    else:
+        net = FeatRegDnCNN(width=width, depth=depth, channels=channels, image_skip=image_skip)
+    return gated(net, channels)
+
+
+def gated(net: nn.Module, channels: int = 3) -> nn.Module:
+    """``net`` with its gates attached (in place): every ReLU of these nets becomes a gate, exactly."""
+    report = attach_gates(net, torch.rand(1, channels, 12, 12))
+    if report.forward_replaced or report.dense_model_changes:
+        raise RuntimeError(f"{type(net).__name__}: its ReLUs did not all become gates in place:\n{report}")
+    return net

@@ -1,0 +1,119 @@
+"""Data-parallel training over several processes (one machine or several), for any training method.
+
+Started by ``torchrun`` (``torchrun --nproc-per-node N script.py ...``), which sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` joins the process group from them
+(gloo on CPU, NCCL on CUDA). Without them every helper here is the one-process identity, so a training loop
+written with them runs unchanged in one process.
+
+The convention the helpers serve: every process draws the same global batch (same seeded source) and trains
+on its slice (:func:`local_slice`), DDP averages the gradients (:func:`wrap`), statistics that steer the
+training are reduced (:func:`all_gather_cat`, :func:`all_reduce_mean`), and rank 0 alone writes checkpoints
+(:func:`save_on_main`). The data order then does not depend on the number of processes, so a checkpoint
+resumes with any number of them (the global batch divisible by it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from edgesparse.frontends.checkpoints import save_checkpoint
+from edgesparse.frontends.errors import FrontendError
+
+
+def init_from_env(device: str | torch.device = "cpu") -> bool:
+    """Joins the process group torchrun described in the environment (once); False when not started by it."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "RANK" not in os.environ:
+        return False
+    device = torch.device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device(device: str | torch.device) -> torch.device:
+    """``device``, with CUDA's index this process's local rank (one GPU per process)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0)
+    return device
+
+
+def wrap(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """``model`` in DistributedDataParallel (gradients averaged across processes), or itself in one process."""
+    if not is_distributed():
+        return model
+    device = torch.device(device)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def local_slice(batch: torch.Tensor) -> torch.Tensor:
+    """This process's contiguous share of a global batch (dimension 0), all shares of one size."""
+    size = world_size()
+    if batch.shape[0] % size:
+        raise FrontendError(f"a global batch of {batch.shape[0]} does not split evenly over {size} processes")
+    share = batch.shape[0] // size
+    return batch[rank() * share : (rank() + 1) * share]
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the processes (in place, and returned)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world_size()
+    return tensor
+
+
+def all_gather_cat(values: torch.Tensor) -> torch.Tensor:
+    """Every process's 1-D ``values`` concatenated (rank order); lengths may differ between processes."""
+    if not is_distributed():
+        return values
+    length = torch.tensor([values.numel()], device=values.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(lengths))
+    padded = torch.cat([values, values.new_zeros(longest - values.numel())])
+    gathered = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(gathered, lengths)])
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def save_on_main(state: dict, path: Path) -> None:
+    """Rank 0 writes the checkpoint (atomically); the others wait until it is there."""
+    if is_main():
+        save_checkpoint(state, path)
+    barrier()
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
