@@ -22,7 +22,7 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
 
 
 # pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
-PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks",)}
+PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks", "round_to")}
 # --calibrate reads at most this many samples: enough for stable quantiles, few enough to run in seconds.
 CALIBRATION_LIMIT = 16
 
@@ -89,6 +89,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, targets: tuple[str, ...
     )
     parser.add_argument(
         "--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep"
+    )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        help=(
+            "strip-channels: keep the fewest pruned channels needed for every stripped width to be a multiple "
+            "of N (the vector width, e.g. 8 or 16; default 1: strip every pruned channel)"
+        ),
     )
     parser.add_argument(
         "--debug",
