@@ -252,7 +252,10 @@ def gated_section(args: argparse.Namespace) -> None:
     # Threshold 0 (a Relu gate); each feature is shifted so the wanted fraction of elements is <= 0,
     # element by element, so every pixel has its own random active set (active values are > 0).
     schedule = default_schedule(shape, spec.target)
-    gated_kernel = relax.build(standalone_module(shape, 0.0, weight, bias, schedule, spec.target), spec.target)
+    gated_kernel, masks_only, without_output = (
+        relax.build(standalone_module(shape, 0.0, weight, bias, schedule, spec.target, phases), spec.target)
+        for phases in ("all", "masks", "accumulate")
+    )
     dense = dense_conv_models(weight, bias, shape)
     features = {}
     for sparsity in GATED_SPARSITIES:
@@ -267,9 +270,11 @@ def gated_section(args: argparse.Namespace) -> None:
         relu = np.maximum(feature, 0)
         timers = [tvm_timer(gated_kernel, [feature], number=args.number)]
         timers += [onnxruntime_timer(model, {"x": relu}, number=args.number) for model in dense.values()]
+        timers += [tvm_timer(kernel, [feature], number=args.number) for kernel in (masks_only, without_output)]
         timers += [tvm_timer(tuned.build.executable, [relu], number=args.number)] if tuned else []
         gated, *others = (each.median_ms for each in interleaved_timings(timers, args.repeat))
-        ort_conv, ort_relu = others[:2]
+        ort_conv, ort_relu, masks_ms, accumulated_ms = others[:4]
+        others = others[:2] + others[4:]
         best_ort = min(ort_conv, ort_relu)
         ratios.append(best_ort / gated)
         rows.append(
@@ -277,6 +282,9 @@ def gated_section(args: argparse.Namespace) -> None:
                 f"{sparsity:.0%}",
                 f"{shape.dense_macs / max(effective_macs(feature, shape, 0.0), 1):.1f}",
                 f"{gated:.3f}",
+                f"{masks_ms:.3f}",
+                f"{accumulated_ms - masks_ms:.3f}",
+                f"{gated - accumulated_ms:.3f}",
                 f"{ort_conv:.3f}",
                 f"{ort_relu:.3f}",
                 f"{best_ort / gated:.2f}x",
@@ -289,6 +297,9 @@ def gated_section(args: argparse.Namespace) -> None:
         "sparsity",
         "MAC ratio",
         "gated ms",
+        "masks ms",
+        "accumulate ms",
+        "NCHW out ms",
         "ORT Conv ms",
         "ORT Conv+Relu ms",
         "vs faster ORT",
@@ -302,6 +313,10 @@ def gated_section(args: argparse.Namespace) -> None:
         f"interleaved timings; tuned TVM: {trials}; untuned TVM timed once)",
         header,
         rows,
+    )
+    print(
+        "phases: masks = the kernel stopped after the bit masks; accumulate = stopped before the NCHW output, "
+        "minus masks; NCHW out = the whole kernel minus that (differences of medians: a small phase can read <= 0)"
     )
     print(f"break-even with the faster ONNX Runtime dense conv: {_break_even(list(features), ratios)}")
 
