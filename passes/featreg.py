@@ -18,7 +18,9 @@ values, never on one), never below the trained threshold.
 
 Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
 conv below ``min_sparsity`` (where the gated kernel would be slower than dense; by default the
-measured break-even below) stays gate + Conv.
+measured break-even below) stays gate + Conv. A conv named in ``dense_layers`` stays dense whatever its
+sparsity: compile_model(..., tuning_db=) names the convs whose tuned dense kernel measured faster than the
+gated one on the target (backends/gated_tuning.py, ``kernel_choice.json``).
 
 Preserves the model's outputs exactly at the trained thresholds (GatedConv's body is the gate + Conv);
 a level or calibrated threshold changes them by design. Records the report's ``layers`` (per conv:
