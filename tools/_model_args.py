@@ -34,9 +34,9 @@ def pass_options(args: argparse.Namespace, model: ir.Model) -> dict:
     for pass_name, flags in PASS_FLAGS.items():
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
         if given and pass_name not in expand_pass_names(args.passes):
-            named = " and ".join(f"--{flag.replace('_', '-')}" for flag in flags)
+            named = " and ".join(f"--{flag.replace('_', '-')}" for flag in given)
             raise EdgesparseError(
-                f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it "
+                f"{named} {'are options' if len(given) > 1 else 'is an option'} of the {pass_name} pass: add it "
                 f"with --passes default,{pass_name}"
             )
         if given:
