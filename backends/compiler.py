@@ -18,7 +18,7 @@ import tvm
 
 from edgesparse.backends.artefact import Artefact, make_report, write_artefact
 from edgesparse.backends.errors import BackendError
-from edgesparse.backends.gated_tuning import GatedScheduleRecords
+from edgesparse.backends.gated_tuning import GatedScheduleRecords, KernelChoices
 from edgesparse.backends.runner import run_vm
 from edgesparse.backends.targets import resolve_target
 from edgesparse.backends.tvm_build import IMPORTED_CONV_LAYOUT, TVMBuild, build, open_tuning_database, tuned_conv_layout
@@ -69,12 +69,20 @@ def compile_model(
 
     ``tuning_db``: a directory written by :func:`edgesparse.backends.tuning.tune` (``tools/tune.py``);
     the functions tuned there get their tuned schedules, the gated kernels their fastest knobs, and the
-    convs the layout they were tuned in.
+    convs the layout they were tuned in; a gated conv whose workload measured faster dense there
+    (``kernel_choice.json``) stays dense. Without it, the featreg pass's ``min_sparsity`` decides.
     """
     spec = resolve_target(target, device)
     database = open_tuning_database(tuning_db) if tuning_db is not None else None  # before the passes: fail early
     gated_schedules = GatedScheduleRecords(tuning_db).best_schedules() if tuning_db is not None else None
     conv_layout = tuned_conv_layout(tuning_db) if tuning_db is not None else IMPORTED_CONV_LAYOUT
     optimized, pass_names = optimize(model, passes, debug=debug, pass_options=pass_options)
+    if tuning_db is not None and "featreg" in pass_names:
+        # The per-layer choice measured on the target: a gated conv whose tuned dense kernel was faster stays dense.
+        dense = KernelChoices(tuning_db).dense_layers(optimized, spec.target)
+        if dense:
+            options = {name: dict(values) for name, values in (pass_options or {}).items()}
+            options.setdefault("featreg", {})["dense_layers"] = dense
+            optimized, pass_names = optimize(model, passes, debug=debug, pass_options=options)
     tvm_build = build(optimized, spec, database, gated_schedules, conv_layout)
     return CompileResult(optimized, tvm_build, make_report(model, optimized, pass_names, tvm_build))

@@ -252,13 +252,14 @@ def standalone_module(
     bias: np.ndarray,
     schedule: GatedConvSchedule,
     target: Target,
+    phases: str = "all",
 ) -> tvm.IRModule:
     """A Relax module whose ``main(x)`` is one GatedConv through ``call_tir`` (weights as constants),
-    for tests and benchmarks of the kernel alone."""
+    for tests and benchmarks of the kernel alone (``phases``: see :func:`gated_conv2d`)."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((shape.batch, shape.in_channels, shape.height, shape.width), "float32"))
     with bb.function("main", [x]):
-        kernel = bb.add_func(gated_conv2d(shape, threshold, schedule, target), "gated_conv")
+        kernel = bb.add_func(gated_conv2d(shape, threshold, schedule, target, phases), "gated_conv")
         weight = relax.const(pack_weight(weight_oihw, shape, schedule))
         with bb.dataflow():
             out_type = relax.TensorType((shape.batch, shape.out_channels, shape.out_height, shape.out_width), "float32")
@@ -307,17 +308,22 @@ class _Geometry:
 
 
 def gated_conv2d(
-    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, target: Target
+    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, target: Target, phases: str = "all"
 ) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x [N,C,H,W], weight packed by pack_weight, bias [M], y [N,M,Ho,Wo])``, all
-    float32, ``y`` written by the kernel (destination-passing, as Relax ``call_tir`` calls it)."""
+    float32, ``y`` written by the kernel (destination-passing, as Relax ``call_tir`` calls it).
+    ``phases`` (CPU group-1 kernel, for timing only): see :data:`PHASES`; anything but "all" leaves ``y``
+    partly unwritten."""
     schedule.validate(target)
     threshold = float(np.float32(threshold))
     if _is_gpu(target):
         function = (_depthwise_gpu if shape.is_depthwise else _sparse_gpu)(shape, threshold, schedule)
     else:
         vector = _cpu_vector_lanes(target)
-        function = (_depthwise_cpu if shape.is_depthwise else _sparse_cpu)(shape, threshold, schedule, vector)
+        if shape.is_depthwise:
+            function = _depthwise_cpu(shape, threshold, schedule, vector)
+        else:
+            function = _sparse_cpu(shape, threshold, schedule, vector, phases)
     return function.with_attr(SHAPE_ATTR, json.dumps(dataclasses.asdict(shape)))
 
 
@@ -408,7 +414,17 @@ def _gate_macros(
 # CPU
 
 
-def _sparse_cpu(shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, vector: int) -> tvm.tirx.PrimFunc:
+# Phases of the CPU sparse kernel, for timing them apart (tools/bench.py): "masks" stops after the masks,
+# "accumulate" after the channels-last accumulation (no NCHW output written), "all" is the kernel.
+PHASES = ("masks", "accumulate", "all")
+
+
+def _sparse_cpu(
+    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, vector: int, phases: str = "all"
+) -> tvm.tirx.PrimFunc:
+    if phases not in PHASES:
+        raise ValueError(f"phases must be one of {PHASES}, not {phases!r}")
+    do_accumulate, do_output = phases != "masks", phases == "all"
     g = _Geometry(shape, schedule)
     MT, R, MO = schedule.oc_tile, schedule.ox_tile, g.oc_tiles
     or_gate_bits, accumulate = _gate_macros(shape, threshold, schedule, schedule.cin_block, MT, vector)
@@ -444,30 +460,34 @@ def _sparse_cpu(shape: GatedConvShape, threshold: float, schedule: GatedConvSche
                 for wd, ix in T.grid(CW, W - W_main):
                     or_gate_bits(word, x, nr // H, nr % H, W_main + ix, wd, 1)
                     mask[nr // H, nr % H + pad_top, W_main + ix + pad_left, wd] = word[0]
-            # Accumulate one output row at a time, channels-last in `stage`; kernel rows and input
-            # channel blocks outermost so that their weights stay in the L1 cache across the row.
-            for nr in T.parallel(N * Ho):
-                stage = T.decl_buffer((stage_width, MO * MT), "float32", scope="global")
-                for p, mv in T.grid(stage_width, MO * MT // vector):
-                    for mi in T.vectorized(vector):
-                        stage[p, mv * vector + mi] = b[T.min(mv * vector + mi, M - 1)]
-                for ky, block, tx, mo in T.grid(kh, blocks, g.tiles_x, MO):
-                    # Register tile (< 1 KiB: TVM keeps it on the stack, LLVM in registers).
-                    acc = T.decl_buffer((R, MT), "float32", scope="global")
-                    bits = T.decl_buffer((1,), "int64", scope="global")
-                    for r, mv in T.grid(R, MT // vector):
+            if do_accumulate:
+                # Accumulate one output row at a time, channels-last in `stage`; kernel rows and input
+                # channel blocks outermost so that their weights stay in the L1 cache across the row.
+                for nr in T.parallel(N * Ho):
+                    stage = T.decl_buffer((stage_width, MO * MT), "float32", scope="global")
+                    for p, mv in T.grid(stage_width, MO * MT // vector):
                         for mi in T.vectorized(vector):
-                            acc[r, mv * vector + mi] = stage[tx * R + r, mo * MT + mv * vector + mi]
-                    accumulate(acc, bits, x, w, mask, nr // Ho, nr % Ho, tx, ky, block, mo, 0)
-                    for r, mv in T.grid(R, MT // vector):
-                        for mi in T.vectorized(vector):
-                            stage[tx * R + r, mo * MT + mv * vector + mi] = acc[r, mv * vector + mi]
-                # Channels-last row -> NCHW, whole output rows per channel.
-                for m, oxo in T.grid(M, Wo_main // _VECTOR):
-                    for i in T.vectorized(_VECTOR):
-                        y[nr // Ho, m, nr % Ho, oxo * _VECTOR + i] = stage[oxo * _VECTOR + i, m]
-                for m, ox in T.grid(M, Wo - Wo_main):
-                    y[nr // Ho, m, nr % Ho, Wo_main + ox] = stage[Wo_main + ox, m]
+                            stage[p, mv * vector + mi] = b[T.min(mv * vector + mi, M - 1)]
+                    for ky, block, tx, mo in T.grid(kh, blocks, g.tiles_x, MO):
+                        # Register tile (< 1 KiB: TVM keeps it on the stack, LLVM in registers).
+                        acc = T.decl_buffer((R, MT), "float32", scope="global")
+                        bits = T.decl_buffer((1,), "int64", scope="global")
+                        for r, mv in T.grid(R, MT // vector):
+                            for mi in T.vectorized(vector):
+                                acc[r, mv * vector + mi] = stage[tx * R + r, mo * MT + mv * vector + mi]
+                        accumulate(acc, bits, x, w, mask, nr // Ho, nr % Ho, tx, ky, block, mo, 0)
+                        for r, mv in T.grid(R, MT // vector):
+                            for mi in T.vectorized(vector):
+                                stage[tx * R + r, mo * MT + mv * vector + mi] = acc[r, mv * vector + mi]
+                    if not do_output:
+                        y[nr // Ho, 0, nr % Ho, 0] = stage[0, 0]  # keeps the accumulation live
+                    if do_output:
+                        # Channels-last row -> NCHW, whole output rows per channel.
+                        for m, oxo in T.grid(M, Wo_main // _VECTOR):
+                            for i in T.vectorized(_VECTOR):
+                                y[nr // Ho, m, nr % Ho, oxo * _VECTOR + i] = stage[oxo * _VECTOR + i, m]
+                        for m, ox in T.grid(M, Wo - Wo_main):
+                            y[nr // Ho, m, nr % Ho, Wo_main + ox] = stage[Wo_main + ox, m]
 
     return gated_conv
 

@@ -39,7 +39,7 @@ from edgesparse.backends.gated_conv import (
     shape_of,
     workload_key,
 )
-from edgesparse.passes.gated_conv_op import OP_TYPE
+from edgesparse.passes.gated_conv_op import DOMAIN, OP_TYPE
 from edgesparse.passes.report import FeatRegSummary, GatedLayers, read
 
 SCHEDULES_FILE = "gated_schedules.json"
@@ -211,3 +211,109 @@ def _measure(
             yield None, f"run: {(ran.error_msg or 'no time').splitlines()[0]}"
         else:
             yield 1e3 * sum(float(value) for value in ran.run_secs) / len(ran.run_secs), None
+
+
+# ----------------------------------------------------------------------------------- the per-layer choice
+# Per gated workload key: the tuned dense kernel's and the tuned gated kernel's best time on the target
+# (the gated one at the calibrated sparsity), written by tune(); compile_model(..., tuning_db=) keeps the
+# faster kernel per layer. Without it, the featreg pass's min_sparsity (BREAK_EVEN_SPARSITY) decides.
+KERNEL_CHOICE_FILE = "kernel_choice.json"
+DENSE_ALTERNATIVES_DIR = "dense_alternatives"
+
+
+def choose_kernel(dense_ms: float | None, gated_ms: float | None) -> str:
+    """ "gated" where the gated kernel measured faster than the dense one (or the dense one has no time),
+    else "dense"; a gated kernel with no successful time never wins."""
+    if gated_ms is None:
+        return "dense"
+    return "gated" if dense_ms is None or gated_ms < dense_ms else "dense"
+
+
+class KernelChoices:
+    """``kernel_choice.json``: workload key -> {"dense_ms", "gated_ms", "sparsity", "choice"}."""
+
+    def __init__(self, work_dir: str | os.PathLike):
+        self.path = Path(work_dir) / KERNEL_CHOICE_FILE
+        self.records: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def add(self, key: str, dense_ms: float | None, gated_ms: float | None, sparsity: float) -> str:
+        choice = choose_kernel(dense_ms, gated_ms)
+        self.records[key] = {"dense_ms": dense_ms, "gated_ms": gated_ms, "sparsity": sparsity, "choice": choice}
+        return choice
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.records, indent=1) + "\n")
+
+    def dense_layers(self, model: ir.Model, target: Target) -> list[str]:
+        """The GatedConv nodes of ``model`` (after the featreg pass) whose workload measured faster dense."""
+        names = []
+        for node in model.graph:
+            if node.domain == DOMAIN and node.op_type == OP_TYPE and (shape := onnx_gated_shape(node)) is not None:
+                if self.records.get(workload_key(shape, target), {}).get("choice") == "dense":
+                    names.append(node.name)
+        return names
+
+
+def onnx_gated_shape(node: ir.Node) -> GatedConvShape | None:
+    """The kernel shape of a GatedConv node with static shapes (as relax_import builds it), else None."""
+    x, weight = node.inputs[0], node.inputs[1]
+    if x.shape is None or not x.shape.is_static() or weight.shape is None or len(x.shape) != 4:
+        return None
+    batch, channels, height, width = (int(dim) for dim in x.shape)
+    try:
+        return GatedConvShape(
+            batch,
+            channels,
+            int(weight.shape[0]),
+            height,
+            width,
+            kernel=tuple(int(dim) for dim in weight.shape[2:]),
+            stride=tuple(node.attributes.get_ints("strides", [1, 1])),
+            pads=tuple(node.attributes.get_ints("pads", [0, 0, 0, 0])),
+            dilation=tuple(node.attributes.get_ints("dilations", [1, 1])),
+            group=node.attributes.get_int("group", 1),
+        )
+    except ValueError:
+        return None
+
+
+def dense_conv_model(shape: GatedConvShape) -> ir.Model:
+    """One dense Conv (with bias) of ``shape``, random weights: the dense alternative of a gated workload,
+    tuned as a model of its own."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal(shape.weight_shape) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(shape.out_channels).astype(np.float32)
+    conv = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["y"],
+        strides=list(shape.stride),
+        pads=list(shape.pads),
+        dilations=list(shape.dilation),
+        group=shape.group,
+    )
+    graph = helper.make_graph(
+        [conv],
+        "dense_alternative",
+        [
+            helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, [shape.batch, shape.in_channels, shape.height, shape.width]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                "y", TensorProto.FLOAT, [shape.batch, shape.out_channels, shape.out_height, shape.out_width]
+            )
+        ],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def dense_alternative_dir(work_dir: str | os.PathLike, key: str) -> Path:
+    import hashlib
+
+    return Path(work_dir) / DENSE_ALTERNATIVES_DIR / hashlib.sha1(key.encode()).hexdigest()[:16]

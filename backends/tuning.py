@@ -40,7 +40,15 @@ from tvm.target import Target
 from edgesparse.backends.compiler import optimize
 from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import shape_of
-from edgesparse.backends.gated_tuning import GatedScheduleRecords, GatedTask, gated_workloads, measuring_sparsity
+from edgesparse.backends.gated_tuning import (
+    GatedScheduleRecords,
+    GatedTask,
+    KernelChoices,
+    dense_alternative_dir,
+    dense_conv_model,
+    gated_workloads,
+    measuring_sparsity,
+)
 from edgesparse.backends.relax_import import import_to_relax
 from edgesparse.backends.rpc import RPCAddress, check_tracker, request_session
 from edgesparse.backends.targets import TargetSpec
@@ -108,6 +116,8 @@ class TuningSummary:
     measured: int
     # Of those, candidates that failed to build or run (they count as trials, never as fast).
     failed: int
+    # Gated workload key -> {"dense_ms", "gated_ms", "sparsity", "choice"} (gated_tuning.KernelChoices).
+    kernel_choices: dict = dataclasses.field(default_factory=dict)
 
     def model_ms(self) -> float | None:
         """The tasks' best times, each timed alone, added up over a model run (calls counted): what the
@@ -444,7 +454,40 @@ def tune(
         bar.refresh()
         _tune_up_to(tuning_tasks, shares)
     results = [TaskResult(task.name, task.trials(), task.best_ms(), task.calls, task.flop) for task in tuning_tasks]
-    return TuningSummary(work_dir, target, conv_layout, results, progress.measured, progress.failed)
+    choices = _measure_dense_alternatives(gated, records, work_dir, spec, rpc_address, sparsity, session_timeout_s)
+    return TuningSummary(
+        work_dir, target, conv_layout, results, progress.measured, progress.failed, choices.records if choices else {}
+    )
+
+
+def _measure_dense_alternatives(
+    gated: Sequence,
+    records: GatedScheduleRecords,
+    work_dir: Path,
+    spec: TargetSpec,
+    rpc_address: RPCAddress | None,
+    sparsity: float,
+    session_timeout_s: float,
+) -> KernelChoices | None:
+    """The per-layer choice measured on the target: for each gated workload, a dense Conv of its shape
+    tuned with as many trials as the gated kernel had (in work_dir/dense_alternatives/, resumed), its tuned
+    time against the gated kernel's best at the calibrated ``sparsity``; written to kernel_choice.json."""
+    if not gated:
+        return None
+    choices = KernelChoices(work_dir)
+    for workload in gated:
+        trials = max(1, len(records.measured(workload.key)))
+        dense = tune(
+            dense_conv_model(workload.shape),
+            spec,
+            dense_alternative_dir(work_dir, workload.key),
+            trials,
+            rpc_address,
+            session_timeout_s=session_timeout_s,
+        )
+        choices.add(workload.key, dense.model_ms(), records.best_ms(workload.key), sparsity)
+    choices.save()
+    return choices
 
 
 def _times_ms(tasks: Sequence[TuningTask]) -> list[float | None]:

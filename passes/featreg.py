@@ -18,7 +18,9 @@ values, never on one), never below the trained threshold.
 
 Per-layer decision: with calibration inputs, the gated input's sparsity is measured for every conv; a
 conv below ``min_sparsity`` (where the gated kernel would be slower than dense; by default the
-measured break-even below) stays gate + Conv.
+measured break-even below) stays gate + Conv. A conv named in ``dense_layers`` stays dense whatever its
+sparsity: compile_model(..., tuning_db=) names the convs whose tuned dense kernel measured faster than the
+gated one on the target (backends/gated_tuning.py, ``kernel_choice.json``).
 
 Preserves the model's outputs exactly at the trained thresholds (GatedConv's body is the gate + Conv);
 a level or calibrated threshold changes them by design. Records the report's ``layers`` (per conv:
@@ -51,6 +53,8 @@ from edgesparse.passes.report import FeatRegSummary, GatedLayer, GatedLayers, re
 # value comes from are in docs/benchmarks.md. Measure on an otherwise idle CPU: other load slows ONNX
 # Runtime more than this kernel and moves the crossing down.
 BREAK_EVEN_SPARSITY = 0.35
+# Why a conv listed in ``dense_layers`` stays dense.
+DENSE_FASTER_ON_TARGET = "the tuned dense kernel was faster on the target (tuning database)"
 
 LEVELS_METADATA_KEY = "featreg.levels"
 
@@ -222,6 +226,7 @@ class FeatRegPass(ir.passes.InPlacePass):
         sparsity: float | None = None,
         calibrate: Sequence[dict[str, np.ndarray]] | None = None,
         min_sparsity: float = BREAK_EVEN_SPARSITY,
+        dense_layers: Sequence[str] = (),
     ):
         if sparsity is not None and not 0.0 < sparsity < 1.0:
             raise PassError(f"featreg: sparsity {sparsity} is not a fraction between 0 and 1 (exclusive)")
@@ -230,6 +235,11 @@ class FeatRegPass(ir.passes.InPlacePass):
         self.sparsity = sparsity
         self.calibrate = calibrate
         self.min_sparsity = min_sparsity
+        # Convs that stay dense whatever their sparsity: the ones a tuning database measured faster dense on
+        # the target (compile_model(..., tuning_db=) computes them; without a database, min_sparsity decides).
+        if isinstance(dense_layers, str) or not all(isinstance(name, str) for name in dense_layers):
+            raise PassError(f"featreg: dense_layers must be a list of conv names, not {dense_layers!r}")
+        self.dense_layers = frozenset(dense_layers)
 
     def apply_level(self, model: ir.Model, samples: list[dict[str, np.ndarray]]) -> None:
         """Sets every gate to the asked level's threshold (nothing without a level): the one change of the
@@ -258,7 +268,9 @@ class FeatRegPass(ir.passes.InPlacePass):
             sparsity = float(np.mean(measured[gate.name] <= gate.threshold)) if gate.name in measured else None
             dense_macs = node_macs(conv)
             reason = refusal(conv) or (
-                f"input sparsity {sparsity:.3f} below {self.min_sparsity}"
+                DENSE_FASTER_ON_TARGET
+                if conv.name in self.dense_layers
+                else f"input sparsity {sparsity:.3f} below {self.min_sparsity}"
                 if sparsity is not None and sparsity < self.min_sparsity
                 else None
             )

@@ -14,6 +14,14 @@ is removed when
   a constant, not a 0.
 What it cannot prove safe it leaves as it is, and says why in the report.
 
+``round_to=N`` (default 1: every removable channel goes) keeps the fewest removable channels needed for the
+width of every tensor that loses channels to be a multiple of N (vectorized kernels, ONNX Runtime's blocked
+NCHWc convs and TVM's schedules, want multiples of the vector width; Torch-Pruning's ``round_to``). The
+channels kept back are the first removable ones of the tensor (lowest indices): they are still masked, so
+the outputs are exactly the masked model's, the mask keeps its zeros. Keeping a group back widens every
+tensor of the group, so the rounding repeats until no tensor needs more; a tensor whose every removable
+channel is kept back is left at its original width. The report lists them under "round_to".
+
 Preserves: the model's outputs (up to float rounding of folded biases), its inputs and outputs, and
 every channel it keeps. Removes the channels from every weight, bias, BatchNormalization parameter, mask,
 Conv group count, Split/Slice/Reshape/Resize shape constant (the ``edit`` of each op's handler in
@@ -48,6 +56,7 @@ from edgesparse.passes.channel_ops import (
     op_handler,
 )
 from edgesparse.passes.cleanup import CLEANUP_PASSES, lift_constants_pass
+from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.initializers import add_initializer
 from edgesparse.passes.registry import register_pass
 from edgesparse.passes.report import StrippedChannels, record
@@ -57,8 +66,11 @@ from edgesparse.passes.report import StrippedChannels, record
 class StripChannelsPass(ir.passes.InPlacePass):
     """Removes the pruned channels it can prove unused (see the module docstring); ``masks``: a mask file."""
 
-    def __init__(self, masks: str | os.PathLike | None = None):
+    def __init__(self, masks: str | os.PathLike | None = None, round_to: int = 1):
         super().__init__()
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise EdgesparseError(f"strip-channels: round_to must be a positive integer, not {round_to!r}")
+        self.round_to = round_to
         # Read now, so that a bad file fails before any pass runs.
         self.masks = load_masks(masks) if masks is not None else {}
 
@@ -69,7 +81,7 @@ class StripChannelsPass(ir.passes.InPlacePass):
             modified = True
         deps = analyze_channels(model)
         constants = channel_constants(model, deps)
-        removed, kept = plan_removal(deps, constants)
+        removed, kept = plan_removal(deps, constants, self.round_to)
         widths_before = layer_widths(model)
         if removed:
             remove_channels(model, deps, constants, removed)
@@ -119,8 +131,11 @@ class CannotFold(Exception):
     """A layer cannot do without an input channel; the message says why."""
 
 
-def plan_removal(deps: ChannelGraph, constants: Constants) -> tuple[set[Slot], dict[str, list[Slot]]]:
-    """The slots to remove, and the groups of pruned channels (some channel constant) kept, by reason."""
+def plan_removal(
+    deps: ChannelGraph, constants: Constants, round_to: int = 1
+) -> tuple[set[Slot], dict[str, list[Slot]]]:
+    """The slots to remove, and the groups of pruned channels (some channel constant) kept, by reason;
+    ``round_to``: see the module docstring."""
     removed: set[Slot] = set()
     kept: dict[str, list[Slot]] = defaultdict(list)
     group_of: dict[Slot, list[Slot]] = {}
@@ -137,7 +152,37 @@ def plan_removal(deps: ChannelGraph, constants: Constants) -> tuple[set[Slot], d
             group = group_of[Slot(value, CHANNEL_AXIS, 0)]
             removed.difference_update(group)
             kept[f"removing them would leave {value.name!r} without channels"] += group
+    if round_to > 1:
+        _round_widths(deps, removed, group_of, kept, round_to)
     return removed, kept
+
+
+def _round_widths(
+    deps: ChannelGraph, removed: set[Slot], group_of: dict[Slot, list[Slot]], kept: dict[str, list[Slot]], round_to: int
+) -> None:
+    """Takes groups out of ``removed`` until every tensor losing channels keeps a multiple of ``round_to``:
+    for each tensor, its first removed channels (lowest indices), as few as needed."""
+    reason = f"round_to={round_to}: kept so that the width is a multiple of {round_to}"
+    changed = True
+    while changed:
+        changed = False
+        cut: dict[tuple[ir.Value, int], list[Slot]] = defaultdict(list)
+        for slot in removed:
+            if slot.value.const_value is None:
+                cut[slot.value, slot.axis].append(slot)
+        for (value, axis), slots in sorted(cut.items(), key=lambda item: deps.order[item[0][0]]):
+            if not all(slot in removed for slot in slots):
+                continue  # a group kept back in this round already widened it: recount next round
+            full = value.shape[axis] if value.shape is not None else None
+            if not isinstance(full, int):
+                continue
+            extra = -(full - len(slots)) % round_to
+            for slot in sorted(slots, key=lambda slot: slot.index)[:extra]:
+                if slot in removed:
+                    group = group_of[slot]
+                    removed.difference_update(group)
+                    kept[reason] += group
+                    changed = True
 
 
 def _refusal(group: list[Slot], deps: ChannelGraph, constants: Constants) -> str | None:

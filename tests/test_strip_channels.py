@@ -458,3 +458,97 @@ def test_stripped_nets_compile_for_every_target(name):
         assert max_relative_error(value, expected[output]) <= TVM_RTOL
     for target in ("arm_cpu", "mali"):
         assert compile_model(masked, target, passes="strip-channels").report["macs_after"] == host.report["macs_after"]
+
+
+# ----------------------------------------------------------------------------------- round_to
+def channel_widths(model: ir.Model) -> dict[str, int]:
+    """Tensor name -> channels, for every node output with a static channel axis."""
+    return {
+        output.name: width
+        for node in model.graph
+        for output in node.outputs
+        if (width := channel_count(output)) is not None
+    }
+
+
+def test_round_to_keeps_the_first_masked_channels_hand_computed():
+    """16 channels, 5 kept by the mask: round_to=4 keeps 8, the 5 and the first 3 masked ones (indices 1, 2, 4)."""
+    mask = np.zeros(16, np.float32)
+    mask[[0, 3, 7, 9, 12]] = 1
+    model = build_model(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+            helper.make_node("Mul", ["a", "mask"], ["m"]),
+            helper.make_node("Relu", ["m"], ["r"]),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+        ],
+        {"x": [1, 3, 8, 8]},
+        ["y"],
+        {
+            "w1": random_weight(16, 3, 3, 3),
+            "b1": random_weight(16),
+            "mask": mask.reshape(1, 16, 1, 1),
+            "w2": random_weight(4, 16, 3, 3),
+            "b2": random_weight(4),
+        },
+    )
+    assert widths(strip(model)) == widths(strip(model, round_to=1)) == {"conv1": [3, 5], "conv2": [5, 4]}
+    for round_to, width in ((4, 8), (8, 8), (3, 6), (5, 5), (16, 16)):
+        stripped = strip(model, round_to=round_to)
+        assert widths(stripped) == {"conv1": [3, width], "conv2": [width, 4]}, round_to
+        assert_same_outputs(model, stripped)
+    # The kept-back channels still carry their zero in the mask, which therefore stays.
+    stripped = strip(model, round_to=4)
+    [mask_node] = [node for node in stripped.graph if mask_operands(node)]
+    assert mask_operands(mask_node)[1].const_value.numpy().ravel().tolist() == [1, 0, 0, 1, 0, 1, 1, 1]
+    assert any(entry["reason"].startswith("round_to=4") for entry in strip_report(stripped).kept)
+
+
+ROUND_TO_CASES = [(0.5, 2, True), (0.7, 3, True), (0.5, 0, False)]
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+@pytest.mark.parametrize(("ratio", "seed", "coupled"), ROUND_TO_CASES)
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "unet", "edsr"])
+def test_round_to_widths_are_multiples_and_outputs_equal(name, ratio, seed, coupled, round_to):
+    masked = masked_model(name, random_masks(cleaned_model(name), ratio, seed, coupled=coupled))
+    full = strip(masked)
+    rounded = strip(masked, round_to=round_to)
+    assert_same_outputs(masked, rounded)
+    before, after, fully = channel_widths(masked), channel_widths(rounded), channel_widths(full)
+    for name_, width in after.items():
+        if name_ in before and width != before[name_]:
+            assert width % round_to == 0, (name_, before[name_], width)
+            # At least as wide as with every pruned channel stripped (a spent mask's output is gone there).
+            assert width >= fully.get(name_, 0)
+    assert total_macs(full) <= total_macs(rounded) <= total_macs(masked)
+
+
+def test_round_to_edsr_coupled_widths_are_the_rounded_up_kept_counts():
+    """Coupled masks on the EDSR net: each 64-channel layer keeps its stripped width rounded up to N, no
+    more. (The upsampling conv's 128 channels go by DepthToSpace blocks of 4 and its width follows the
+    rounding of the 32-channel tensor after the DepthToSpace: at least the rounded-up width.)"""
+    masked = masked_model("edsr", random_masks(cleaned_model("edsr"), 0.6, seed=1, coupled=True))
+    full = {layer["node"]: layer["out_channels"] for layer in strip_report(strip(masked)).layers}
+    for round_to in (1, 8, 16):
+        stripped = strip(masked, round_to=round_to)
+        assert_same_outputs(masked, stripped)
+        for layer, (original, width) in full.items():
+            rounded_up = min(-(-width // round_to) * round_to, original)
+            if original == 64:
+                assert widths(stripped)[layer][1] == rounded_up, (layer, round_to)
+            else:
+                assert rounded_up <= widths(stripped)[layer][1] <= original, (layer, round_to)
+
+
+@pytest.mark.parametrize("round_to", [0, -8, 2.5, True])
+def test_round_to_must_be_a_positive_integer(round_to):
+    with pytest.raises(EdgesparseError, match="round_to"):
+        strip(cleaned_model("resnet"), round_to=round_to)
+
+
+def test_compile_tool_round_to_is_an_option_of_strip_channels(tmp_path):
+    model_path = save_model(load_model("resnet"), tmp_path / "resnet.onnx")
+    without_pass = run_tool("compile", model_path, "--target", "llvm", "--round-to", "8", "-o", tmp_path / "bad")
+    assert without_pass.returncode == 2 and "--round-to" in without_pass.stderr
+    assert "option" in without_pass.stderr and "strip-channels" in without_pass.stderr

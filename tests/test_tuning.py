@@ -322,7 +322,11 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
         ),
     )
     tuned = compile_model(model, "llvm", passes="default,featreg", tuning_db=tmp_path / "tuning")
-    assert built_with == [GatedConvSchedule(**fastest)]
+    # The per-layer choice: a dense conv of the same shape tuned with as many trials, the faster one kept.
+    [choice] = summary.kernel_choices.values()
+    assert choice["gated_ms"] == pytest.approx(summary.tasks[0].best_ms) and choice["dense_ms"] > 0
+    assert choice["choice"] == ("gated" if choice["gated_ms"] < choice["dense_ms"] else "dense")
+    assert built_with == ([GatedConvSchedule(**fastest)] if choice["choice"] == "gated" else [])
     assert_matches_onnxruntime(model, tuned.run)
 
 

@@ -22,7 +22,7 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
 
 
 # pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
-PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks",)}
+PASS_FLAGS = {"featreg": ("sparsity", "calibrate", "min_sparsity"), "strip-channels": ("masks", "round_to")}
 # --calibrate reads at most this many samples: enough for stable quantiles, few enough to run in seconds.
 CALIBRATION_LIMIT = 16
 
@@ -34,9 +34,9 @@ def pass_options(args: argparse.Namespace, model: ir.Model) -> dict:
     for pass_name, flags in PASS_FLAGS.items():
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
         if given and pass_name not in expand_pass_names(args.passes):
-            named = " and ".join(f"--{flag.replace('_', '-')}" for flag in flags)
+            named = " and ".join(f"--{flag.replace('_', '-')}" for flag in given)
             raise EdgesparseError(
-                f"{named} {'are options' if len(flags) > 1 else 'is an option'} of the {pass_name} pass: add it "
+                f"{named} {'are options' if len(given) > 1 else 'is an option'} of the {pass_name} pass: add it "
                 f"with --passes default,{pass_name}"
             )
         if given:
@@ -89,6 +89,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, targets: tuple[str, ...
     )
     parser.add_argument(
         "--masks", help="strip-channels: a .json or .npz mapping node names to the output channel indices they keep"
+    )
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        help=(
+            "strip-channels: keep the fewest pruned channels needed for every stripped width to be a multiple "
+            "of N (the vector width, e.g. 8 or 16; default 1: strip every pruned channel)"
+        ),
     )
     parser.add_argument(
         "--debug",

@@ -13,6 +13,7 @@ again to resume: the trials the database already holds are not measured again.
 from __future__ import annotations
 
 import argparse
+import json
 
 from _cli import run_main
 from _model_args import add_model_arguments, load_model, pass_options
@@ -75,6 +76,16 @@ def main() -> int:
         rate = f" ({task.gflops:.0f} GFLOP/s)" if task.gflops is not None else ""
         calls = f", {task.calls} calls a run" if task.calls > 1 else ""
         print(f"  {task.name}: {task.trials} trials, best {best}{rate}{calls}")
+    for key, choice in summary.kernel_choices.items():
+        shape = json.loads(key)
+        times = ", ".join(
+            f"{kind} {choice[f'{kind}_ms']:.4f} ms" if choice[f"{kind}_ms"] is not None else f"{kind} failed"
+            for kind in ("dense", "gated")
+        )
+        print(
+            f"  gated conv {shape['in_channels']}->{shape['out_channels']} on {shape['height']}x{shape['width']} "
+            f"at sparsity {choice['sparsity']:.2f}: tuned {times}: builds keep it {choice['choice']}"
+        )
     if (model_ms := summary.model_ms()) is not None:
         print(f"the tasks' best times, each timed alone, add up to {model_ms:.4f} ms a model run")
     print(f"database: {summary.work_dir}/ (build with: compile.py ... --tuning-db {summary.work_dir})")
