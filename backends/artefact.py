@@ -79,6 +79,10 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
             raise BackendError(f"-o {out_dir}: {parent} is a file, not a directory")
     if out_dir.exists() and not out_dir.is_dir():
         raise BackendError(f"-o {out_dir}: exists and is not a directory")
+    # The new artefact is written beside out_dir, in the nearest directory that exists.
+    beside = next((parent for parent in out_dir.parents if parent.exists()), Path("."))
+    if not os.access(beside, os.W_OK | os.X_OK):
+        raise BackendError(f"-o {out_dir}: cannot write in {beside} (permission denied)")
     if out_dir.is_dir():
         strangers = sorted(
             path.name

@@ -34,6 +34,18 @@ def expand_pass_names(names: Sequence[str] | str) -> list[str]:
     return expanded
 
 
+def symbolic_input_hint(model: ir.Model) -> str:
+    """A failed pass's likeliest cause on a model with symbolic input dims, said with the fix."""
+    symbolic = [
+        f"{value.name}=" + ",".join(str(dim) if isinstance(dim, int) and dim > 0 else "?" for dim in value.shape or [])
+        for value in model.graph.inputs
+        if value.shape is None or not all(isinstance(dim, int) and dim > 0 for dim in value.shape)
+    ]
+    if not symbolic:
+        return ""
+    return f" (inputs with symbolic dims: {', '.join(symbolic)}; fix them with --input-shape NAME=D0,D1,...)"
+
+
 class GuardedPass(ir.passes.PassBase):
     """Names the pass when it fails: an exception that is no :class:`EdgesparseError` (a plugin's bug) becomes
     a :class:`PassError` naming the pass, and so does a graph it left reading a value nothing produces."""
@@ -62,7 +74,9 @@ class GuardedPass(ir.passes.PassBase):
             if isinstance(cause, EdgesparseError):
                 raise cause from None
             message = (str(cause).strip().splitlines() or [""])[0]
-            raise PassError(f"pass {self.name!r} failed: {type(cause).__name__}: {message}") from exc
+            raise PassError(
+                f"pass {self.name!r} failed: {type(cause).__name__}: {message}{symbolic_input_hint(model)}"
+            ) from exc
         if (problem := graph_problem(result.model.graph)) is not None:
             raise PassError(f"pass {self.name!r} broke the graph: {problem}")
         return result

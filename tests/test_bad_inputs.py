@@ -11,6 +11,7 @@ Every case is a subprocess (about 3 s each on a 2-core machine): the whole table
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import threading
@@ -542,3 +543,87 @@ def test_a_flat_photo_gives_valid_json(files):
     scores = json.loads(result.stdout)  # json.loads accepts Infinity: check the text too
     assert "Infinity" not in result.stdout and "NaN" not in result.stdout
     assert scores["model"]["psnr"] is None or np.isfinite(scores["model"]["psnr"])
+
+
+def test_a_reused_artefact_directory_keeps_no_stale_file(files, tmp_path):
+    """An llvm build into a directory that held a mali artefact: the old model.cl goes with the old artefact."""
+    out = tmp_path / "out"
+    shutil.copytree(files["build"], out)
+    (out / "model.cl").write_text("__kernel void old() {}\n")
+    result = run_tool("compile", files["tiny"], "--target", "llvm", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["model.onnx", "model.so", "report.json"]
+    assert "model.cl" not in result.stdout
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+def test_a_write_failing_midway_leaves_the_old_artefact(files, tmp_path):
+    from types import SimpleNamespace
+
+    from edgesparse.backends.artefact import write_artefact
+    from edgesparse.backends.errors import BackendError
+    from edgesparse.frontends import load_onnx
+
+    out = tmp_path / "out"
+    shutil.copytree(files["build"], out)
+    before = snapshot(out)
+
+    def export(path):
+        Path(path).write_bytes(b"half a library")
+        raise OSError(28, "No space left on device")
+
+    build = SimpleNamespace(export=export, spec=SimpleNamespace(is_gpu=False))
+    with pytest.raises(BackendError, match="No space left on device"):
+        write_artefact(out, load_onnx(files["tiny"]), build, {})
+    assert snapshot(out) == before
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory; -o under a file covers it")
+def test_output_in_a_read_only_directory_is_one_error_line(files, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for tool, args in [
+            ("compile", [files["tiny"], "--target", "llvm"]),
+            ("run", [files["build"]]),
+            ("zoo", ["tiny"]),
+        ]:
+            result = run_tool(tool, *args, "-o", locked / "out")
+            assert result.returncode == 2 and result.stderr.startswith("error: -o "), result.stderr
+            assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.rapidocr
+def test_strip_channels_alone_on_the_masked_rapidocr_classifier(tmp_path):
+    """--passes strip-channels without default runs the clean-up first; with the input's symbolic dims fixed
+    it strips and compiles, without them it refuses in one line that says to fix them."""
+    from edgesparse.frontends import load_onnx
+    from edgesparse.frontends.third_party import rapidocr_classifier_path
+    from edgesparse.passes import run_pipeline
+    from edgesparse.passes.channel_masks import insert_masks, random_masks
+
+    model = run_pipeline(load_onnx(rapidocr_classifier_path()), "lift-constants,fold-batchnorm")
+    insert_masks(model, random_masks(model, 0.5, seed=0))
+    masked = save_model(model, tmp_path / "masked.onnx")
+    result = run_tool(
+        "compile",
+        masked,
+        "--target",
+        "llvm",
+        "--passes",
+        "strip-channels",
+        "--input-shape",
+        "x=1,3,48,192",
+        "-o",
+        tmp_path / "build",
+    )
+    assert result.returncode == 0, result.stderr
+    macs = result.stdout.split("MACs ")[1].split(";")[0].replace(",", "").split(" -> ")
+    assert int(macs[1]) < int(macs[0])
+    refused = run_tool("compile", masked, "--target", "llvm", "--passes", "strip-channels", "-o", tmp_path / "b2")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--input-shape" in refused.stderr
+    assert not (tmp_path / "b2").exists()

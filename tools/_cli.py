@@ -61,4 +61,8 @@ def check_output_path(text: str | os.PathLike, *, directory: bool, flag: str = "
         raise EdgesparseError(f"{flag} {path}: exists and is not a directory")
     if not directory and path.is_dir():
         raise EdgesparseError(f"{flag} {path}: is a directory; give a file name")
+    existing = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+    target = existing if existing.is_dir() else existing.parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise EdgesparseError(f"{flag} {path}: cannot write in {target} (permission denied)")
     return path

@@ -46,12 +46,17 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
 
 def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
     """Writes the .npz next to its final name first, so an interrupted run leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write there ({exc.strerror or exc})") from None
     os.close(handle)
     try:
         np.savez(staging, **outputs)
         os.replace(staging, path)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
     finally:
         Path(staging).unlink(missing_ok=True)
 

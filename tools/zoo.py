@@ -16,6 +16,7 @@ from _cli import check_output_path, run_main
 
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import ZOO, build_zoo_model
+from edgesparse.passes.errors import EdgesparseError
 
 
 def main() -> int:
@@ -27,13 +28,18 @@ def main() -> int:
     output = check_output_path(args.output, directory=False)
     module, example = build_zoo_model(args.name, args.seed)
     model = from_torch(module, example, input_names=["input"], output_names=["output"])
-    output.parent.mkdir(parents=True, exist_ok=True)
     # Written beside its name first: an interrupted write leaves no partial file.
-    handle, staging = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {output}: cannot write there ({exc.strerror or exc})") from None
     os.close(handle)
     try:
         ir.save(model, staging)
         os.replace(staging, output)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {output}: cannot write it ({exc.strerror or exc})") from None
     finally:
         Path(staging).unlink(missing_ok=True)
     print(f"wrote {output} ({args.name}, input {list(example.shape)})")
