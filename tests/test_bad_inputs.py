@@ -35,7 +35,8 @@ OPSET = [helper.make_opsetid("", 17)]
 
 
 def conv_model(*, relu: bool, external: str | None = None) -> onnx.ModelProto:
-    """x[1,3,8,8] -> Conv(3->4, 3x3, pad 1) [-> Relu] -> Conv(4->2) -> y; weights inline or external."""
+    """x[1,3,8,8] -> Conv(3->4, 3x3, pad 1) [-> Relu] -> Conv(4->2, 3x3, no pad) -> y; weights inline or
+    external. An input smaller than 3x3 leaves the second conv's output empty."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 3, 3)).astype(np.float32), "w2")
@@ -47,12 +48,12 @@ def conv_model(*, relu: bool, external: str | None = None) -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
     if relu:
         nodes.append(helper.make_node("Relu", ["c1"], ["r1"], name="relu1"))
-    nodes.append(helper.make_node("Conv", ["r1" if relu else "c1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Conv", ["r1" if relu else "c1", "w2"], ["y"], name="conv2"))
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])],
         initializer=[w1, w2],
     )
     return helper.make_model(graph, opset_imports=OPSET, ir_version=8)
@@ -327,6 +328,7 @@ BAD = {
     "input-shape negative": (compile_args("tiny", "--input-shape", "input=1,3,-8,8"), "--input-shape", "absent"),
     "input-shape zero": (compile_args("tiny", "--input-shape", "input=1,3,0,32"), "--input-shape", "absent"),
     "input-shape channels": (compile_args("tiny", "--input-shape", "input=1,4,32,32"), "input", "absent"),
+    "input-shape output size zero": (compile_args("no_gates", "--input-shape", "x=1,3,1,1"), "x=1,3,1,1", "absent"),
     "plugin raises on import": (
         lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--plugin", f["raises.py"], "-o", out],
         "raises.py",
