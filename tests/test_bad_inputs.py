@@ -82,6 +82,20 @@ def unsupported_op_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET, ir_version=8)
 
 
+def dynamic_pad_model() -> onnx.ModelProto:
+    """A Pad whose pads are a graph input: nothing to fold, and TVM's importer takes constant pads only."""
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], name="dynamic_pad")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+            helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=8)
+
+
 PLUGINS = {
     "raises.py": "raise RuntimeError('plugin boom')\n",
     "syntax.py": "def broken(:\n",
@@ -161,6 +175,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["external"] = save_model(conv_model(relu=True, external="weights.bin"), root / "external.onnx")
     paths["no_gates"] = save_model(conv_model(relu=False), root / "no_gates.onnx")
     paths["det"] = save_model(unsupported_op_model(), root / "det.onnx")
+    paths["dynamic_pad"] = save_model(dynamic_pad_model(), root / "dynamic_pad.onnx")
     (root / "notes.onnx").write_text("hello\n")
     paths["not_onnx"] = root / "notes.onnx"
     for name, source in PLUGINS.items():
@@ -257,6 +272,7 @@ BAD = {
     ),
     "not onnx": (compile_args("not_onnx"), "not an ONNX model", "absent"),
     "unsupported op": (compile_args("det"), "unsupported op Det in node 'determinant'", "dir"),
+    "op the importer cannot convert": (compile_args("dynamic_pad"), "node 'dynamic_pad' (Pad)", "absent"),
     "dangling value": (compile_args("dangling"), "'ghost'", "absent"),
     "missing external data": (compile_args("external"), "weights.bin", "absent"),
     # compile.py: flags
