@@ -7,6 +7,8 @@ into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) for the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Mapping
 
@@ -25,6 +27,7 @@ from edgesparse.backends.gated_conv import (
     pack_weight,
     workload_key,
 )
+from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.gated_conv_op import OP_TYPE, is_gated_conv
 from edgesparse.passes.onnxruntime_ref import input_specs, to_proto
 
@@ -115,6 +118,18 @@ class EdgesparseImporter(ONNXGraphImporter):
         pass
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
+        try:
+            return self._convert_node(op_name, inputs, attrs, opset)
+        except EdgesparseError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (TVM's converters raise ValueError, TVMError, ...: one line)
+            node = attrs.get("tvm_custom", {}).get("name", "?")
+            message = (str(exc).strip().splitlines() or [""])[0]
+            raise BackendError(
+                f"node {node!r} ({op_name}): TVM's ONNX importer cannot convert it: {type(exc).__name__}: {message}"
+            ) from exc
+
+    def _convert_node(self, op_name, inputs, attrs, opset):
         if op_name == "Clip" and opset >= 11 and (clipped := clip(self.bb, inputs[0], inputs[1:3])) is not None:
             return clipped
         if op_name != OP_TYPE:
@@ -137,6 +152,8 @@ def import_to_relax(
         target,
         tuned_schedules or {},
     )
-    with warnings.catch_warnings():
+    # TVM prints "Error converting operator ..." with every input's Relax text before it re-raises: the
+    # BackendError raised above already names the node.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         return importer.from_onnx(proto.graph, model.opset_imports[""])

@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
+from edgesparse.backends.errors import BackendError
 from edgesparse.backends.rpc import RPCAddress, request_session
 
 _DEVICES = {"cpu": "cpu", "opencl": "cl", "cuda": "cuda"}
@@ -45,7 +46,12 @@ def run_library(
 ) -> list[np.ndarray]:
     """Runs ``main`` of the exported library on the inputs (in graph order); returns outputs in order."""
     if rpc_address is None:
-        return run_vm(tvm.runtime.load_module(os.fspath(library_path)), _device(tvm, runtime_device), inputs)
+        try:
+            library = tvm.runtime.load_module(os.fspath(library_path))
+        except Exception as exc:  # noqa: BLE001  (TVM raises its own error types from C++)
+            first_line = (str(exc).strip().splitlines() or [""])[-1]
+            raise BackendError(f"{library_path}: not a library this host can load ({first_line})") from None
+        return run_vm(library, _device(tvm, runtime_device), inputs)
     session = request_session(rpc_address)
     session.upload(os.fspath(library_path))
     library = session.load_module(Path(library_path).name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import tvm
 from tvm.target import Target
@@ -76,6 +77,9 @@ def resolve_target(name: str, device: str | None = None) -> TargetSpec:
     if name == "cuda":
         device = device or DEFAULT_CUDA_ARCH
         if device.startswith("sm_"):
+            # TVM parses the digits only when it builds ("Compute version parsing error"): check them here.
+            if not re.fullmatch(r"sm_\d{2,3}[a-z]?", device):
+                raise BackendError(f"--device {device!r}: not a CUDA arch (expected sm_ and digits, e.g. sm_90)")
             target = Target({"kind": "cuda", "arch": device}, host=host_target())
         elif device in _tags() and Target(device).kind.name == "cuda":
             target = Target(device, host=host_target())

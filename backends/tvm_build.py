@@ -146,7 +146,13 @@ def open_tuning_database(directory: str | os.PathLike) -> ms.Database:
     missing = [name for name in TUNING_DATABASE_FILES if not (Path(directory) / name).is_file()]
     if missing:
         raise BackendError(f"tuning database {directory}: no {' or '.join(missing)} there (tools/tune.py writes them)")
-    return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
+    try:
+        return ms.database.JSONDatabase(work_dir=os.fspath(directory), allow_missing=False)
+    except Exception as exc:  # noqa: BLE001  (MetaSchedule parses in C++: "Cannot tokenize", ...)
+        first_line = (str(exc).strip().splitlines() or [""])[-1]
+        raise BackendError(
+            f"--tuning-db {directory}: not a MetaSchedule database tools/tune.py wrote ({first_line})"
+        ) from None
 
 
 def tuned_conv_layout(directory: str | os.PathLike, default: str = IMPORTED_CONV_LAYOUT) -> str:

@@ -9,6 +9,7 @@ when the photo is smaller.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,7 @@ def load_calibration_inputs(
 
 def load_sample(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
     if path.suffix == ".npz":
-        with np.load(path) as archive:
-            return dict(archive)
+        return check_sample(path, load_npz(path), model)
     if len(model.graph.inputs) != 1:
         raise FrontendError(f"--calibrate {path}: photos calibrate one-input models only; give .npz samples")
     value = model.graph.inputs[0]
@@ -57,6 +57,36 @@ def load_sample(path: Path, model: ir.Model) -> dict[str, np.ndarray]:
     pixels = center_crop(image, height, width)
     array = np.asarray(pixels, dtype=np.float32).reshape(height, width, channels).transpose(2, 0, 1) / 255.0
     return {value.name: np.broadcast_to(array, (batch, channels, height, width)).copy()}
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as archive:
+            return dict(archive)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise FrontendError(f"--calibrate {path}: not an .npz archive ({exc})") from None
+
+
+def check_sample(path: Path, sample: dict[str, np.ndarray], model: ir.Model) -> dict[str, np.ndarray]:
+    """An .npz sample holds one float array per model input, by name, shaped as the input (where fixed)."""
+    inputs = {value.name: value for value in model.graph.inputs}
+    if set(sample) != set(inputs):
+        raise FrontendError(
+            f"--calibrate {path}: holds arrays {', '.join(map(repr, sample)) or 'none'}, the model's inputs are "
+            f"{', '.join(map(repr, inputs))}"
+        )
+    for name, array in sample.items():
+        if array.dtype.kind != "f":
+            raise FrontendError(f"--calibrate {path}: array {name!r} is {array.dtype}, the model takes floats")
+        shape = inputs[name].shape
+        if shape is not None and (
+            len(shape) != array.ndim
+            or any(isinstance(dim, int) and dim != size for dim, size in zip(shape, array.shape))
+        ):
+            raise FrontendError(
+                f"--calibrate {path}: array {name!r} has shape {list(array.shape)}, the model's input {list(shape)}"
+            )
+    return sample
 
 
 def center_crop(image: Image.Image, height: int, width: int) -> Image.Image:

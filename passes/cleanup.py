@@ -3,7 +3,8 @@
 All of them come from onnx-ir and onnxscript; this module only names and configures them:
 - ``lift-constants``: Constant nodes (how many exporters store weights) become initializers, so that
   passes find weights in one place.
-- ``fold-constants``: onnxscript's constant folding (shape computations, constant subgraphs).
+- ``fold-constants``: onnxscript's constant folding (shape computations, constant subgraphs, also those
+  reading initializers listed as graph inputs: see :class:`FoldConstantsPass`).
 - ``fold-batchnorm``: BatchNormalization folded into the Conv/ConvTranspose/Gemm before it (onnxscript's
   rules, whose check refuses weights shared with another node).
 - ``remove-unused``: dead nodes, unused initializers, initializers listed as graph inputs, unused
@@ -43,10 +44,19 @@ def lift_constants_pass() -> ir.passes.PassBase:
 
 @register_pass("fold-constants")
 class FoldConstantsPass(ir.passes.InPlacePass):
-    """onnxscript's public constant folder, with ONNX shape inference on so shape subgraphs fold too."""
+    """onnxscript's public constant folder, with ONNX shape inference on so shape subgraphs fold too.
+
+    Initializers that are also graph inputs (what exporters write with ``keep_initializers_as_inputs``,
+    e.g. many PyPI models) are first made plain initializers: onnxscript treats such a value as an input a
+    caller may override, so it folds nothing that reads one, and a ``Pad``'s pads computed by
+    ``Cast``/``Concat``/``Reshape`` from them would reach TVM's importer unfolded ("Dynamic pads are not
+    supported"). A compiled model's weights are fixed, so they are not inputs here.
+    """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, fold_constants_ir(model, onnx_shape_inference=True).modified)
+        made_constant = common.RemoveInitializersFromInputsPass()(model).modified
+        folded = fold_constants_ir(model, onnx_shape_inference=True).modified
+        return ir.passes.PassResult(model, made_constant or folded)
 
 
 @register_pass("fold-batchnorm")

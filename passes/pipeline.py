@@ -15,7 +15,7 @@ from edgesparse.passes import cleanup, featreg, strip_channels  # noqa: F401  (t
 from edgesparse.passes.cleanup import CLEANUP_PASSES
 from edgesparse.passes.errors import EdgesparseError, PassError
 from edgesparse.passes.registry import create_pass, required_passes
-from edgesparse.passes.verify import VerifiedPass
+from edgesparse.passes.verify import VerifiedPass, graph_problem
 
 DEFAULT_PASSES = CLEANUP_PASSES
 
@@ -34,6 +34,54 @@ def expand_pass_names(names: Sequence[str] | str) -> list[str]:
     return expanded
 
 
+def symbolic_input_hint(model: ir.Model) -> str:
+    """A failed pass's likeliest cause on a model with symbolic input dims, said with the fix."""
+    symbolic = [
+        f"{value.name}=" + ",".join(str(dim) if isinstance(dim, int) and dim > 0 else "?" for dim in value.shape or [])
+        for value in model.graph.inputs
+        if value.shape is None or not all(isinstance(dim, int) and dim > 0 for dim in value.shape)
+    ]
+    if not symbolic:
+        return ""
+    return f" (inputs with symbolic dims: {', '.join(symbolic)}; fix them with --input-shape NAME=D0,D1,...)"
+
+
+class GuardedPass(ir.passes.PassBase):
+    """Names the pass when it fails: an exception that is no :class:`EdgesparseError` (a plugin's bug) becomes
+    a :class:`PassError` naming the pass, and so does a graph it left reading a value nothing produces."""
+
+    def __init__(self, inner: ir.passes.PassBase, name: str):
+        self.inner = inner
+        self.name = name
+
+    @property
+    def in_place(self) -> bool:
+        return self.inner.in_place
+
+    @property
+    def changes_input(self) -> bool:
+        return self.inner.changes_input
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            result = self.inner(model)
+        except EdgesparseError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a pass's bug, said with the pass's name)
+            cause = exc
+            while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
+                cause = cause.__cause__  # onnx-ir's wrapper around what the pass itself raised
+            if isinstance(cause, EdgesparseError):
+                raise cause from None
+            message = (str(cause).strip().splitlines() or [""])[0]
+            raise PassError(
+                f"pass {self.name!r} failed: {type(cause).__name__}: {message}{symbolic_input_hint(model)}"
+            ) from exc
+        if (problem := graph_problem(result.model.graph)) is not None:
+            raise PassError(f"pass {self.name!r} broke the graph: {problem}")
+        return result
+
+
 def build_pipeline(
     names: Sequence[str] | str = DEFAULT_PASSES,
     *,
@@ -48,7 +96,7 @@ def build_pipeline(
     passes = []
     for name in expand_pass_names(names):
         pass_ = create_pass(name, **pass_options.get(name, {}))
-        passes.append(VerifiedPass(pass_, name) if debug else pass_)
+        passes.append(GuardedPass(VerifiedPass(pass_, name) if debug else pass_, name))
     if not passes:
         raise PassError("the pass list is empty")
     return ir.passes.PassManager(passes, steps=1)

@@ -65,9 +65,23 @@ def load_plugin(spec: str) -> None:
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001  (the user's code: whatever it raises is said in one line)
+            sys.modules.pop(module_name, None)
+            raise PassError(f"--plugin {spec}: {_describe(exc)}") from exc
         return
     try:
         importlib.import_module(spec)
     except ModuleNotFoundError as exc:
         raise PassError(f"--plugin {spec}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise PassError(f"--plugin {spec}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception raised by a user's plugin: its type, message and, for syntax, where."""
+    if isinstance(exc, SyntaxError):
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return f"importing it raised {type(exc).__name__}: {message}"

@@ -19,6 +19,21 @@ from edgesparse.passes.onnxruntime_ref import max_relative_error, random_inputs,
 DEFAULT_RTOL = 1e-4
 
 
+def graph_problem(graph: ir.Graph) -> str | None:
+    """The first value that the graph reads but nothing defines (no node, input or initializer), or None:
+    what a model file or a pass that lost a node leaves behind, and what every later step trips over."""
+    defined = {id(value) for value in graph.inputs} | {id(value) for value in graph.initializers.values()}
+    defined.update(id(value) for node in graph for value in node.outputs)
+    for node in graph:
+        for value in node.inputs:
+            if value is not None and id(value) not in defined:
+                return f"node {node.name!r} ({node.op_type}) reads {value.name!r}, which nothing produces"
+    for value in graph.outputs:
+        if id(value) not in defined:
+            return f"graph output {value.name!r} is produced by no node"
+    return None
+
+
 def checker_problem(proto: onnx.ModelProto) -> str | None:
     """The first line of what the full ONNX checker (with strict shape inference) finds, or None."""
     try:

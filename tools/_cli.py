@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from edgesparse.passes.errors import EdgesparseError
 
@@ -45,3 +46,23 @@ def run_main(main: Callable[[], int | None]) -> None:
 def set_tvm_threads() -> None:
     """TVM uses one thread by default on a 2-core machine: use every core unless the user chose."""
     os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def check_output_path(text: str | os.PathLike, *, directory: bool, flag: str = "-o") -> Path:
+    """Refuses, before any work, an output path that cannot be written: empty, under a file, or a directory
+    where a file is meant (and the reverse)."""
+    if os.fspath(text) == "":
+        raise EdgesparseError(f"{flag} '': give a path")
+    path = Path(text)
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise EdgesparseError(f"{flag} {path}: {parent} is a file, not a directory")
+    if directory and path.exists() and not path.is_dir():
+        raise EdgesparseError(f"{flag} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise EdgesparseError(f"{flag} {path}: is a directory; give a file name")
+    existing = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
+    target = existing if existing.is_dir() else existing.parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise EdgesparseError(f"{flag} {path}: cannot write in {target} (permission denied)")
+    return path

@@ -16,9 +16,12 @@ from edgesparse.passes import EdgesparseError, expand_pass_names, load_plugin, r
 def parse_shape(text: str) -> tuple[str, list[int]]:
     name, _, dims = text.rpartition("=")
     try:
-        return name, [int(dim) for dim in dims.split(",")]
+        shape = [int(dim) for dim in dims.split(",")]
     except ValueError:
         raise EdgesparseError(f"--input-shape {text!r}: expected NAME=D0,D1,... with integer dims") from None
+    if any(dim <= 0 for dim in shape):
+        raise EdgesparseError(f"--input-shape {text!r}: every dim must be a positive integer")
+    return name, shape
 
 
 # pass -> its options on the command line (argparse dests), each allowed only with that pass in --passes
@@ -30,6 +33,10 @@ CALIBRATION_LIMIT = 16
 def pass_options(args: argparse.Namespace, model: ir.Model) -> dict:
     """The options each pass in --passes was given; --calibrate's photos or .npz files are read here, shaped
     like ``model``'s inputs, since the featreg pass takes samples, not paths."""
+    if args.sparsity is not None and not 0.0 < args.sparsity < 1.0:
+        raise EdgesparseError(f"--sparsity {args.sparsity}: give a fraction between 0 and 1 (both excluded)")
+    if args.min_sparsity is not None and not 0.0 <= args.min_sparsity <= 1.0:
+        raise EdgesparseError(f"--min-sparsity {args.min_sparsity}: give a fraction between 0 and 1")
     options = {}
     for pass_name, flags in PASS_FLAGS.items():
         given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}

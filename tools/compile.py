@@ -16,6 +16,7 @@ from _cli import run_main
 from _model_args import add_model_arguments, load_model, pass_options
 
 from edgesparse.backends import compile_model
+from edgesparse.backends.artefact import check_output_dir
 from edgesparse.passes.report import FeatRegSummary
 
 
@@ -29,6 +30,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    check_output_dir(args.output)  # before the work: a path that cannot be written is refused at once
     model = load_model(args)
     if model is None:
         return 0

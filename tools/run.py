@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from _cli import run_main, set_tvm_threads
+from _cli import check_output_path, run_main, set_tvm_threads
 
 from edgesparse.backends import Artefact
 from edgesparse.backends.artefact import MODEL_FILE
@@ -28,9 +29,14 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise EdgesparseError(f"--inputs {path}: no such file")
     try:
-        with np.load(path) as archive:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise EdgesparseError(
+                f"--inputs {path}: a .npy holds one unnamed array; give an .npz (np.savez(path, NAME=array))"
+            )
+        with loaded as archive:
             arrays = dict(archive)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgesparseError(f"--inputs {path}: not an .npz archive ({exc})") from None
     # np.savez(path, array) names its one array arr_0: accept that for a one-input model.
     if len(arrays) == 1 and len(input_names) == 1 and input_names[0] not in arrays:
@@ -40,14 +46,35 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
 
 def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
     """Writes the .npz next to its final name first, so an interrupted run leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write there ({exc.strerror or exc})") from None
     os.close(handle)
     try:
         np.savez(staging, **outputs)
         os.replace(staging, path)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
     finally:
         Path(staging).unlink(missing_ok=True)
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> str:
+    """The max relative difference to ONNX Runtime; where NaN or Inf are in either, whether they agree."""
+    finite_actual, finite_expected = np.isfinite(actual), np.isfinite(expected)
+    if not np.array_equal(finite_actual, finite_expected):
+        return (
+            f"the outputs disagree: {int((~finite_actual).sum())} NaN/Inf values here, "
+            f"{int((~finite_expected).sum())} in ONNX Runtime's"
+        )
+    both = finite_actual & finite_expected
+    if not both.any():
+        return "none: every value is NaN or Inf, in ONNX Runtime's output too"
+    error = max_relative_error(actual[both], expected[both])
+    note = f" (over the finite values; {int((~both).sum())} NaN/Inf in both)" if not both.all() else ""
+    return f"{error:.3g}{note}"
 
 
 def main() -> int:
@@ -69,12 +96,22 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    if args.output is not None:
+        check_output_path(args.output, directory=False)  # before the work
     set_tvm_threads()
     artefact = Artefact(args.artefact)
     inputs = load_inputs(args.inputs, artefact.input_names) if args.inputs else None
     model = load_onnx(artefact.directory / MODEL_FILE) if args.check or inputs is None else None
     if inputs is None:
         inputs = random_inputs(model)
+    artefact.check_inputs(inputs)  # named, shaped and typed as compiled: before anything runs
+    for name, value in inputs.items():
+        if np.asarray(value).dtype.kind in "fc" and not np.all(np.isfinite(value)):
+            print(
+                f"warning: input {name!r} holds NaN or Inf: the outputs may too, and TVM and ONNX Runtime "
+                "may disagree on them",
+                file=sys.stderr,
+            )
     outputs = artefact.run(inputs, args.rpc)
     where = f"device {args.rpc}" if args.rpc else "this host"
     for name, value in outputs.items():
@@ -82,7 +119,7 @@ def main() -> int:
     if args.check:
         reference = run_onnxruntime(model, inputs)
         for name, value in outputs.items():
-            print(f"max relative difference to ONNX Runtime, {name}: {max_relative_error(value, reference[name]):.3g}")
+            print(f"max relative difference to ONNX Runtime, {name}: {compare(value, reference[name])}")
     report = artefact.report
     print(f"MACs {report['macs_after']:,} (before passes {report['macs_before']:,})")
     if args.output:

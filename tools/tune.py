@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _cli import run_main
+from _cli import check_output_path, run_main
 from _model_args import add_model_arguments, load_model, pass_options
 
 from edgesparse.backends.rpc import RPCAddress
@@ -51,6 +51,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    check_output_path(args.output, directory=True)  # before the work
     model = load_model(args)
     if model is None:
         return 0
