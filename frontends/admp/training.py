@@ -86,5 +86,6 @@ def augment(images: torch.Tensor, rotation: float = 0.25, scale: float = 0.15, s
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     offset = (torch.rand(count, 2) * 2 - 1) * shift * 2  # grid coordinates span [-1, 1]
     theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    theta = theta.to(images.device)
     grid = affine_grid(theta, list(images.shape), align_corners=False)
     return grid_sample(images, grid, align_corners=False)
