@@ -18,7 +18,7 @@ from torch.nn.functional import cross_entropy
 from edgesparse.frontends.admp.admm import ADMM, keep_count, project_top_k
 from edgesparse.frontends.admp.export import export_model
 from edgesparse.frontends.admp.groups import attach_masks, group_magnitudes, mask_groups
-from edgesparse.frontends.admp.losses import distillation, mmd, pseudo_label
+from edgesparse.frontends.admp.losses import class_balance, distillation, mmd, pseudo_label
 from edgesparse.frontends.admp.masks import kept_channel_ratio, mask_parameters, set_mode
 from edgesparse.frontends.admp.model import ResidualCNN
 from edgesparse.frontends.admp.training import accuracy, augment, batches, predict, recompute_batchnorm, run_stage
@@ -44,6 +44,10 @@ class Config:
     lr: float = 1e-3
     mask_lr: float = 0.01
     threshold: float = 0.9
+    balanced: bool = True  # class-balanced pseudo labels
+    # Self-training stops, rolled back one epoch, when the target's class balance (losses.class_balance)
+    # falls below this fraction of the source model's (0: never).
+    collapse: float = 0.8
     temperature: float = 4.0
     rho: float = 0.5
     admm_every: int = 30  # batches between z/u updates
@@ -69,6 +73,8 @@ class Config:
         "batch_size",
         "lr",
         "threshold",
+        "balanced",
+        "collapse",
         "mmd",
         "adabn",
         "augment",
@@ -185,7 +191,9 @@ class Experiment:
         else:
             logits = model(torch.cat([source_x, target_x]))
         source_logits, target_logits = logits[: len(source_x)], logits[len(source_x) :]
-        loss = cross_entropy(source_logits, source_y) + pseudo_label(target_logits, labeller, self.config.threshold)
+        loss = cross_entropy(source_logits, source_y) + pseudo_label(
+            target_logits, labeller, self.config.threshold, self.config.balanced
+        )
         if distill:
             loss = loss + distillation(target_logits, labeller, self.config.temperature)
         if self.config.mmd:
@@ -201,16 +209,29 @@ class Experiment:
             optimizer.step()
         return {"loss": loss.item()}
 
-    def _adapt_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Self-training: the model's own predictions at the start of the epoch are its pseudo labels."""
+    def _adapt_epoch(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, guard: CollapseGuard
+    ) -> dict[str, float]:
+        """Self-training: the model's own predictions at the start of the epoch are its pseudo labels.
+        When they have collapsed (``guard``), the model goes back to the previous epoch's and stops."""
+        if guard.stopped:
+            return {"stopped": 1}
         labeller = predict(model, self.data.target_x)
+        balance = class_balance(labeller)
+        if guard.reference is None:
+            guard.reference = balance
+        elif self.config.collapse and balance < self.config.collapse * guard.reference:
+            model.load_state_dict(guard.previous)
+            guard.stopped = True
+            return {"stopped": 1, "balance": balance}
+        guard.previous = copy.deepcopy(model.state_dict())
         model.train()
         for source_x, source_y, index in self._pairs():
             loss = self._objective(model, source_x, source_y, self.data.target_x[index], labeller[index], distill=False)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "balance": balance}
 
     def _admp_epoch(
         self,
@@ -270,7 +291,13 @@ class Experiment:
         """The model adapted to the target, starting from ``model`` (its masks' mode kept)."""
         model = copy.deepcopy(model)
         optimizer = self._optimizer(model)
-        run_stage(path, epochs, lambda _: self._adapt_epoch(model, optimizer), {"model": model, "optimizer": optimizer})
+        guard = CollapseGuard()
+        run_stage(
+            path,
+            epochs,
+            lambda _: self._adapt_epoch(model, optimizer, guard),
+            {"model": model, "optimizer": optimizer, "guard": guard},
+        )
         if self.config.adabn:
             recompute_batchnorm(model, self.data.target_x)
         return model.eval()
@@ -343,6 +370,22 @@ class Experiment:
         (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         self.models = models
         return metrics
+
+
+class CollapseGuard:
+    """The self-training's class balance at the start (``reference``), the weights of the last epoch's start
+    (``previous``), and whether it stopped; checkpointed with the stage."""
+
+    def __init__(self):
+        self.reference: float | None = None
+        self.previous: dict | None = None
+        self.stopped = False
+
+    def state_dict(self) -> dict:
+        return {"reference": self.reference, "previous": self.previous, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reference, self.previous, self.stopped = state["reference"], state["previous"], state["stopped"]
 
 
 def _claim(path: Path, settings: dict) -> None:
