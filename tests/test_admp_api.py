@@ -13,7 +13,8 @@ from edgesparse.backends import compile_model
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.frontends import admp
 from edgesparse.frontends.admp.admm import keep_count
-from edgesparse.frontends.admp.backbones import mobilenet_v2, mobilenet_v2_imagenet_weights, resnet18, with_classes
+from edgesparse.frontends.admp.backbones import mobilenet_v2, resnet18, with_classes
+from edgesparse.frontends.admp.experiments.nets import mobilenet_v2_imagenet_weights
 from edgesparse.frontends.admp.groups import mask_groups
 from edgesparse.frontends.admp.losses import class_balance, pseudo_label
 from edgesparse.frontends.admp.masks import set_mode
@@ -25,7 +26,9 @@ from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntim
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
+    )
 
 
 class TwoStageNet(nn.Module):
@@ -81,7 +84,9 @@ def onnx_groups(model: ir.Model) -> dict[str, list[int]]:
     number = {slot: index for index, group in enumerate(deps.groups()) for slot in group}
     pinned = {number[slot] for slot in deps.pins if slot in number}
     return {
-        node.name.split("/")[1] + ".0": [None if number[s] in pinned else number[s] for s in channel_slots(node.outputs[0])]
+        node.name.split("/")[1] + ".0": [
+            None if number[s] in pinned else number[s] for s in channel_slots(node.outputs[0])
+        ]
         for node in model.graph
         if node.op_type == "Conv"
     }
@@ -128,7 +133,9 @@ def test_fit_export_strip_removes_every_masked_channel_and_keeps_the_outputs(tmp
     masked = admp.export(net, example, tmp_path / "student.onnx", input_names=["input"], output_names=["logits"])
     stripped = run_pipeline(ir.load(tmp_path / "student.onnx"), "default,strip-channels")
     assert not any(mask_operands(node) for node in stripped.graph)  # every mask spent
-    widths = {node.name.split("/")[1] + ".0": node.outputs[0].shape[1] for node in stripped.graph if node.op_type == "Conv"}
+    widths = {
+        node.name.split("/")[1] + ".0": node.outputs[0].shape[1] for node in stripped.graph if node.op_type == "Conv"
+    }
     for group in groups:
         for conv in group.convs:
             assert widths[conv] == int(masks[group.name].hard.sum()), conv

@@ -8,8 +8,12 @@ flags) so that its effect can be measured.
 Teacher (``teacher``)
     The full-size model trained on the source (cross-entropy), then adapted to the target by
     pseudo-label self-training: ``CE(source) + CE(confident own predictions on target)`` (confidence
-    above ``threshold``, pseudo labels class-balanced, guarded against collapse: see ``fitting``), optionally ``+ lambda * MMD(source features, target features)``
-    (multi-bandwidth Gaussian MMD on the pooled features). Frozen afterwards.
+    above ``threshold``), optionally ``+ lambda * MMD(source features, target features)``
+    (multi-bandwidth Gaussian MMD on the pooled features). Frozen afterwards. Guarded against a collapse
+    of the self-training (one class taking over the pseudo labels): the pseudo labels are class-balanced
+    (``balanced``: each class present weighs the same), and the self-training stops, rolled back one
+    epoch, when the class balance of its target predictions (entropy of the arg-max histogram over
+    log(classes)) falls below ``collapse`` times the source model's.
 Domain divergence (``distill``)
     The teacher-student output difference on target images, ``T^2 * KL(softmax(t/T) || softmax(s/T))``,
     is minimised (knowledge distillation), plus CE on the teacher's confident pseudo labels and CE on

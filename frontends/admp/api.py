@@ -1,9 +1,9 @@
 """ADMP on the user's own net: :func:`attach_masks`, :func:`fit`, :func:`export`.
 
-    from edgesparse.frontends import admp
-    groups = admp.attach_masks(net, example_inputs, round_to=1)
-    result = admp.fit(net, source=(images, labels), target=target_images, ratio=0.6, out_dir="runs/x")
-    admp.export(net, example_inputs, "student.onnx")   # then: --passes default,strip-channels
+from edgesparse.frontends import admp
+groups = admp.attach_masks(net, example_inputs, round_to=1)
+result = admp.fit(net, source=(images, labels), target=target_images, ratio=0.6, out_dir="runs/x")
+admp.export(net, example_inputs, "student.onnx")   # then: --passes default,strip-channels
 """
 
 from __future__ import annotations

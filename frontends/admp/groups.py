@@ -204,7 +204,9 @@ def group_magnitudes(net: nn.Module) -> dict[str, torch.Tensor]:
     """Group name -> per mask entry, the summed |BatchNorm gamma| of the channels it masks (|filter| L2
     norm for a conv that no BatchNorm follows): the magnitude criterion."""
     modules = dict(net.named_modules())
-    sums = {name: torch.zeros(mask.hard.numel() + 1, device=mask.hard.device) for name, mask in mask_groups(net).items()}
+    sums = {
+        name: torch.zeros(mask.hard.numel() + 1, device=mask.hard.device) for name, mask in mask_groups(net).items()
+    }
     masks = {id(mask): name for name, mask in mask_groups(net).items()}
     for tap in getattr(net, TAPS).values():
         conv = modules[tap.conv]

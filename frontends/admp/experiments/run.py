@@ -9,6 +9,7 @@ import torch
 
 from edgesparse.frontends.admp import fitting
 from edgesparse.frontends.admp.experiments.domains import check_domain, load_domain, split
+from edgesparse.frontends.admp.experiments.nets import load_net
 from edgesparse.frontends.admp.fitting import METHODS, Config
 from edgesparse.frontends.errors import FrontendError
 
@@ -35,4 +36,7 @@ class Experiment(fitting.Experiment):
         options.setdefault("data", None)
         if options["data"] is None:
             options["data"] = Data.load(config)
+        if options.get("net") is None and config.model != "residual-cnn":
+            torch.manual_seed(config.seed)
+            options["net"] = load_net(config.model, int(options["data"].source_y.max()) + 1, config.weights)
         super().__init__(config, out_dir, shared_dir, **options)
