@@ -183,3 +183,8 @@ def test_backbone_fit_export_strip_runs_on_the_arm_device(name, tmp_path, emulat
     actual = result.save(tmp_path / "arm").run({"input": images}, RPCAddress.parse(emulated_device.rpc_address))
     assert max_relative_error(actual["logits"], run_onnxruntime(model, {"input": images})["logits"]) < 1e-4
     set_mode(net, "hard")
+
+
+def test_round_to_keeps_a_multiple_of_n_channels():
+    assert [keep_count(64, 0.6, n) for n in (1, 8, 16)] == [26, 24, 32]
+    assert keep_count(8, 0.9, 4) == 4 and keep_count(3, 0.5, 8) == 3  # never none; all when fewer than N
