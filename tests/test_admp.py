@@ -11,6 +11,7 @@ import onnxruntime
 import pytest
 import torch
 from conftest import run_tool
+from PIL import Image
 
 from edgesparse.backends import compile_model
 from edgesparse.backends.rpc import RPCAddress
@@ -157,13 +158,41 @@ def test_cli_trains_exports_and_resumes(tmp_path):
         (["--source", "svhn", "--target", "mnist"], "unknown domain 'svhn'"),
         (["--source", "mnist", "--target", "sklearn-digits", "--ratio", "1.2"], "ratio 1.2"),
         (["--source", "mnist", "--target", "mnist"], "pick two different domains"),
+        (["--source", "mnist", "--target", "sklearn-digits", "--test-fraction", "1.5"], "test_fraction 1.5"),
+        (["--source", "mnist", "--target", "sklearn-digits", "--source-limit", "0"], "source_limit must be at least 1"),
+        (["--source", "mnist", "--target", "sklearn-digits", "--model", "nowhere.py:Net"], "no such file nowhere.py"),
+        (["--source", "mnist", "--target", "sklearn-digits", "--device", "cuda"], "--device cuda"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(args, message, tmp_path):
-    result = run_tool("train_admp", *args, "-o", tmp_path)
+    out = tmp_path / "run"
+    result = run_tool("train_admp", *args, "-o", out)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
-    assert not (tmp_path / "metrics.json").exists()
+    assert not out.exists() or not any(out.iterdir())  # no config.json / shared.json left behind
+
+
+def test_missing_data_leaves_no_settings_behind(monkeypatch, tmp_path):
+    monkeypatch.setattr(domains, "OPENCV_DIGITS", [tmp_path / "digits.png"])
+    with pytest.raises(EdgesparseError, match="run `make data`"):
+        Experiment(Config("opencv-digits", "mnist"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mnist_m_blends_each_digit_with_a_photo_crop_reproducibly(tmp_path):
+    rng = np.random.default_rng(0)
+    photos = []
+    for index in range(3):
+        path = tmp_path / f"photo{index}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+        photos.append(path)
+    images, labels = domains.mnist_m(12, photos)
+    again, _ = domains.mnist_m(12, photos)
+    assert images.shape == (len(labels), 3, 12, 12) and images.dtype == np.float32
+    assert np.array_equal(images, again) and 0 <= images.min() and images.max() <= 1
+    digits = np.stack([domains.frame(digit.astype(np.float32), 12) for digit in domains._mnist()[0][:5]])
+    # |photo - digit|: where the digit is full ink, the pixel is 1 - photo, elsewhere the photo itself.
+    assert not np.allclose(images[:5], digits[:, None])
 
 
 def test_missing_opencv_digits_says_to_run_make_data(monkeypatch, tmp_path):

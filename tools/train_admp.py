@@ -3,13 +3,18 @@
 
     python tools/train_admp.py --source mnist --target sklearn-digits --ratio 0.6 -o build/admp/run/
     python tools/train_admp.py --source sklearn-digits --target mnist --ratio 0.5 --no-adversarial -o build/admp/abl/
+    python tools/train_admp.py --model mobilenet_v2 --weights imagenet --size 32 --source mnist --target mnist-m \
+        --ratio 0.6 -o build/admp/mbv2/
     python tools/compile.py build/admp/run/student.onnx --target arm_cpu --passes default,strip-channels -o build/arm/
 
 Writes student.onnx (the ADMP student, hard masks as per-channel Mul constants for strip-channels),
 teacher.onnx (the unpruned adapted teacher) and metrics.json (target accuracy of source_only, teacher,
 prune_then_adapt and admp; kept_channel_ratio). Every stage is checkpointed in the output directory
 (the source model and teacher in --shared-dir, if given): run the same command again to resume.
-Domains: mnist, opencv-digits (needs `make data`), sklearn-digits. The method: frontends/admp/__init__.py.
+Domains: mnist, mnist-m (MNIST blended with photos; needs `make data`), opencv-digits (needs `make data`),
+sklearn-digits. --model: the project's residual-cnn, torchvision's resnet18 or mobilenet_v2 (kept in
+edgesparse.frontends.admp.backbones with torchvision's parameter names), or your own FILE.py:NAME.
+The method: frontends/admp/__init__.py.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from _cli import run_main
 
 from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
+from edgesparse.passes import EdgesparseError
 
 HELP = {
     "source": "labelled source domain: mnist, opencv-digits or sklearn-digits",
@@ -31,6 +37,10 @@ HELP = {
     "target_limit": "at most this many target images (split into unlabelled training and held-out test images)",
     "mmd": "weight of an MMD feature-alignment term in every adaptation (0: off)",
     "epochs": "epochs of source training and of each adaptation",
+    "model": "the net: residual-cnn (default), resnet18, mobilenet_v2 (torchvision's) or FILE.py:NAME",
+    "weights": "a state dict loaded strictly into --model before its head is sized (imagenet: MobileNetV2's)",
+    "collapse": "stop self-training, one epoch rolled back, when the target's class balance falls below this "
+    "fraction of the source model's (0: never)",
 }
 
 
@@ -47,7 +57,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif field.default is dataclasses.MISSING:
             parser.add_argument(flag, required=True, help=HELP.get(field.name))
         else:
-            convert = float if float in typing.get_args(kind) or kind is float else int
+            if kind is str or str in typing.get_args(kind):
+                convert = str
+            else:
+                convert = float if float in typing.get_args(kind) or kind is float else int
             parser.add_argument(
                 flag, type=convert, default=field.default, help=HELP.get(field.name, f"default {field.default}")
             )
@@ -67,11 +80,18 @@ def main() -> int:
         ),
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machines are shared)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, cuda:1...)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     config = Config(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Config)})
-    metrics = Experiment(config, args.output, args.shared_dir).run()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise EdgesparseError(f"--device {args.device!r}: not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgesparseError(f"--device {args.device}: this torch build has no CUDA device")
+    metrics = Experiment(config, args.output, args.shared_dir, device=device).run()
     print(
         f"{config.source} -> {config.target}, {config.ratio:.0%} of the channels pruned (kept "
         f"{metrics['kept_channel_ratio']:.1%})"

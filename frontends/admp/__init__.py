@@ -9,13 +9,18 @@ Teacher (``teacher``)
     The full-size model trained on the source (cross-entropy), then adapted to the target by
     pseudo-label self-training: ``CE(source) + CE(confident own predictions on target)`` (confidence
     above ``threshold``), optionally ``+ lambda * MMD(source features, target features)``
-    (multi-bandwidth Gaussian MMD on the pooled features). Frozen afterwards.
+    (multi-bandwidth Gaussian MMD on the pooled features). Frozen afterwards. Guarded against a collapse
+    of the self-training (one class taking over the pseudo labels): the pseudo labels are class-balanced
+    (``balanced``: each class present weighs the same), and the self-training stops, rolled back one
+    epoch, when the class balance of its target predictions (entropy of the arg-max histogram over
+    log(classes)) falls below ``collapse`` times the source model's.
 Domain divergence (``distill``)
     The teacher-student output difference on target images, ``T^2 * KL(softmax(t/T) || softmax(s/T))``,
     is minimised (knowledge distillation), plus CE on the teacher's confident pseudo labels and CE on
     the labelled source.
 Double masks (``soft_mask``, ``hard_mask``)
-    Every channel group (channels tied by a residual add share one mask) has a *soft* mask
+    Every channel group (:func:`attach_masks`: the groups of strip-channels' coupling analysis; channels
+    tied by a residual add or a depthwise conv share one mask) has a *soft* mask
     ``s = sigmoid(theta)`` in (0, 1), learned, and a *hard* mask ``z`` in {0, 1} with exactly
     ``keep = max(1, round(C * (1 - ratio)))`` ones. The student is run under both on every batch;
     ``L_soft`` and ``L_hard`` are the losses above under each mask.
@@ -39,3 +44,8 @@ images get a random affine jitter (``augment``) in every stage. Exported student
 ``Mul`` constants after each conv (BatchNorm is folded into the conv at export), which the
 ``strip-channels`` pass removes.
 """
+
+from edgesparse.frontends.admp.api import FitResult, export, fit
+from edgesparse.frontends.admp.groups import MaskGroup, attach_masks
+
+__all__ = ["FitResult", "MaskGroup", "attach_masks", "export", "fit"]

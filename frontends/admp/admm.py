@@ -13,9 +13,12 @@ import torch
 from edgesparse.frontends.admp.masks import ChannelMask
 
 
-def keep_count(channels: int, ratio: float) -> int:
-    """Channels kept of ``channels`` when a fraction ``ratio`` is pruned (never none)."""
-    return max(1, round(channels * (1 - ratio)))
+def keep_count(channels: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept of ``channels`` when a fraction ``ratio`` is pruned (never none), a multiple of
+    ``round_to`` (or all of them, when fewer)."""
+    if round_to >= channels:
+        return channels
+    return min(channels, max(round_to, round(channels * (1 - ratio) / round_to) * round_to))
 
 
 def project_top_k(values: torch.Tensor, keep: int) -> torch.Tensor:
@@ -30,7 +33,7 @@ class ADMM:
 
     def __init__(self, masks: dict[str, ChannelMask], ratio: float, rho: float):
         self.masks, self.rho = masks, rho
-        self.keep = {name: keep_count(mask.hard.numel(), ratio) for name, mask in masks.items()}
+        self.keep = {name: keep_count(mask.hard.numel(), ratio, mask.round_to) for name, mask in masks.items()}
         self.dual = {name: torch.zeros_like(mask.hard) for name, mask in masks.items()}
 
     def penalty(self) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import onnx_ir as ir
 import torch
@@ -13,12 +14,22 @@ from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.passes.initializers import add_initializer
 
 
-def export_model(model: torch.nn.Module, size: int, *, masked: bool) -> ir.Model:
+def export_model(
+    model: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    masked: bool,
+    input_names: Sequence[str] | None = ("input",),
+    output_names: Sequence[str] | None = ("logits",),
+) -> ir.Model:
     """``masked``: a ``Mul`` by each hard mask (a [1, C, 1, 1] 0/1 constant) after its convs; else none.
     BatchNorm is folded into the convs by the exporter, so each mask follows its conv directly."""
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).cpu().eval()
     set_mode(model, "hard" if masked else "off")
-    exported = from_torch(model, torch.zeros(1, 1, size, size), input_names=["input"], output_names=["logits"])
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(x.cpu() for x in example_inputs)
+    exported = from_torch(model, example_inputs, input_names=input_names, output_names=output_names)
     if masked:
         _own_mask_constants(exported)
     return exported

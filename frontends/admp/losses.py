@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn.functional import cross_entropy, kl_div, log_softmax, softmax
 
@@ -12,11 +14,28 @@ def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return kl_div(log_softmax(student_logits / temperature, dim=1), teacher, reduction="batchmean") * temperature**2
 
 
-def pseudo_label(logits: torch.Tensor, labeller_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+def pseudo_label(
+    logits: torch.Tensor, labeller_logits: torch.Tensor, threshold: float, balanced: bool = False
+) -> torch.Tensor:
     """CE on the labeller's arg-max where its confidence reaches ``threshold``, averaged over the batch
-    (so few confident images weigh little)."""
+    (so few confident images weigh little). ``balanced``: each class present among the confident labels
+    weighs the same in total (a class the labeller over-predicts cannot pull every image towards it:
+    the self-reinforcing step of a collapse)."""
     confidence, labels = softmax(labeller_logits.detach(), dim=1).max(dim=1)
-    return (cross_entropy(logits, labels, reduction="none") * (confidence >= threshold)).mean()
+    weight = (confidence >= threshold).float()
+    if balanced and weight.any():
+        counts = torch.zeros(logits.shape[1], device=logits.device).index_add_(0, labels, weight)
+        present = (counts > 0).sum()
+        weight = weight * weight.sum() / (present * counts[labels].clamp_min(1))
+    return (cross_entropy(logits, labels, reduction="none") * weight).mean()
+
+
+def class_balance(logits: torch.Tensor) -> float:
+    """Entropy of the arg-max class histogram over ``log(classes)``: 1 when every class is predicted
+    equally often, 0 when one class takes every image (a collapsed self-training)."""
+    counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).float()
+    share = counts / counts.sum()
+    return float(-(share[share > 0] * share[share > 0].log()).sum() / math.log(logits.shape[1]))
 
 
 def mmd(

@@ -9,22 +9,29 @@ MODES = ("off", "soft", "hard")
 
 
 class ChannelMask(nn.Module):
-    """One channel group's mask, multiplied into [N, C, H, W] activations in the current ``mode``."""
+    """One channel group's mask, multiplied into [N, C, ...] activations in the current ``mode``.
 
-    def __init__(self, channels: int):
+    ``round_to``: the hard mask keeps a multiple of this many channels (see :func:`admm.keep_count`)."""
+
+    def __init__(self, channels: int, round_to: int = 1):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(channels))
         self.register_buffer("hard", torch.ones(channels))
         self.mode = "off"
+        self.round_to = round_to
 
     def soft(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def vector(self) -> torch.Tensor | None:
+        """The current mask (None when off)."""
         if self.mode == "off":
-            return x
-        mask = self.soft() if self.mode == "soft" else self.hard
-        return x * mask.view(1, -1, 1, 1)
+            return None
+        return self.soft() if self.mode == "soft" else self.hard
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vector = self.vector()
+        return x if vector is None else x * vector.view(1, -1, *[1] * (x.dim() - 2))
 
 
 def set_mode(module: nn.Module, mode: str) -> None:

@@ -55,10 +55,14 @@ def batches(count: int, batch_size: int) -> Iterator[torch.Tensor]:
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits in eval mode."""
     model.eval()
+    if not len(images):
+        return model(torch.zeros(1, *images.shape[1:], device=images.device))[:0]
     return torch.cat([model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])
 
 
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    if not len(labels):
+        return float("nan")
     return float((predict(model, images).argmax(1) == labels).float().mean())
 
 
@@ -86,5 +90,6 @@ def augment(images: torch.Tensor, rotation: float = 0.25, scale: float = 0.15, s
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     offset = (torch.rand(count, 2) * 2 - 1) * shift * 2  # grid coordinates span [-1, 1]
     theta = torch.stack([torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1)
+    theta = theta.to(images.device)
     grid = affine_grid(theta, list(images.shape), align_corners=False)
     return grid_sample(images, grid, align_corners=False)

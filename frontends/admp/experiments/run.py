@@ -1,311 +1,42 @@
-"""One ADMP experiment: the source-only model, the adapted teacher, prune-then-adapt and ADMP on a
-source -> target pair, their target accuracies, and the ONNX exports (see the package docstring)."""
+"""One ADMP experiment on two digit domains: :class:`~edgesparse.frontends.admp.fitting.Experiment` with
+its images loaded from the config's domain names (see the package docstring)."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
 from pathlib import Path
 
-import onnx_ir as ir
 import torch
-from torch.nn.functional import cross_entropy
 
-from edgesparse.frontends.admp.admm import ADMM, keep_count, project_top_k
+from edgesparse.frontends.admp import fitting
 from edgesparse.frontends.admp.experiments.domains import check_domain, load_domain, split
-from edgesparse.frontends.admp.export import export_model
-from edgesparse.frontends.admp.losses import distillation, mmd, pseudo_label
-from edgesparse.frontends.admp.masks import kept_channel_ratio, mask_parameters, set_mode
-from edgesparse.frontends.admp.model import ResidualCNN
-from edgesparse.frontends.admp.training import accuracy, augment, batches, predict, recompute_batchnorm, run_stage
+from edgesparse.frontends.admp.experiments.nets import load_net
+from edgesparse.frontends.admp.fitting import METHODS, Config
 from edgesparse.frontends.errors import FrontendError
 
-METHODS = ("source_only", "teacher", "prune_then_adapt", "admp")
+__all__ = ["METHODS", "Config", "Data", "Experiment"]
 
 
-@dataclasses.dataclass
-class Config:
-    source: str
-    target: str
-    ratio: float = 0.6  # fraction of the channels of every mask group pruned
-    size: int = 16
-    width: int = 32
-    source_limit: int | None = 3000
-    target_limit: int | None = 3000
-    test_fraction: float = 0.3  # of the target images: labelled, held out, used only to score
-    epochs: int = 8  # source training, and each adaptation
-    admp_epochs: int = 8
-    finetune_epochs: int = 4
-    batch_size: int = 64
-    lr: float = 1e-3
-    mask_lr: float = 0.01
-    threshold: float = 0.9
-    temperature: float = 4.0
-    rho: float = 0.5
-    admm_every: int = 30  # batches between z/u updates
-    mmd: float = 0.0  # weight of the MMD term in every adaptation; 0: off
-    distill: bool = True
-    soft_mask: bool = True
-    hard_mask: bool = True
-    adversarial: bool = True
-    adabn: bool = True
-    augment: bool = True  # random affine jitter of the labelled source images
-    seed: int = 0
-
-    # What the source model and the teacher depend on: runs that agree on these can share them.
-    SHARED = (
-        "source",
-        "target",
-        "size",
-        "width",
-        "source_limit",
-        "target_limit",
-        "test_fraction",
-        "epochs",
-        "batch_size",
-        "lr",
-        "threshold",
-        "mmd",
-        "adabn",
-        "augment",
-        "seed",
-    )
-
-    def __post_init__(self):
-        check_domain(self.source), check_domain(self.target)
-        if self.source == self.target:
-            raise FrontendError(f"source and target are both {self.source!r}: pick two different domains")
-        if not 0 < self.ratio < 1:
-            raise FrontendError(
-                f"ratio {self.ratio}: the fraction of channels pruned must be between 0 and 1 (exclusive)"
-            )
-        if not (self.soft_mask or self.hard_mask):
-            raise FrontendError("ADMP needs the soft mask, the hard mask or both")
-        for name in ("size", "width", "epochs", "batch_size", "admm_every"):
-            if getattr(self, name) < 1:
-                raise FrontendError(f"{name} must be at least 1, not {getattr(self, name)}")
-
-    def as_dict(self, keys: tuple[str, ...] | None = None) -> dict:
-        values = dataclasses.asdict(self)
-        return {key: values[key] for key in keys} if keys else values
-
-
-@dataclasses.dataclass
-class Data:
-    source_x: torch.Tensor
-    source_y: torch.Tensor
-    target_x: torch.Tensor  # unlabelled training images
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
+class Data(fitting.Data):
     @classmethod
     def load(cls, config: Config) -> Data:
+        check_domain(config.source), check_domain(config.target)
         source = load_domain(config.source, config.size, config.source_limit, config.seed)
-        train, test = split(
-            load_domain(config.target, config.size, config.target_limit, config.seed), config.test_fraction, config.seed
-        )
+        target = load_domain(config.target, config.size, config.target_limit, config.seed)
+        if len(target) < 2 * len(set(target.labels.tolist())):
+            raise FrontendError(f"target {config.target}: {len(target)} images are too few to split")
+        train, test = split(target, config.test_fraction, config.seed)
         tensors = map(torch.from_numpy, (source.images, source.labels, train.images, test.images, test.labels))
         return cls(*tensors)
 
 
-class Experiment:
-    """The stages, checkpointed: source-only and teacher under ``shared_dir``, the pruned ones under ``out_dir``."""
+class Experiment(fitting.Experiment):
+    """The images of ``config.source`` and ``config.target`` (loaded before anything is written)."""
 
-    def __init__(self, config: Config, out_dir: Path, shared_dir: Path | None = None):
-        self.config, self.out_dir = config, Path(out_dir)
-        self.shared_dir = Path(shared_dir) if shared_dir is not None else self.out_dir
-        _claim(self.out_dir / "config.json", config.as_dict())
-        _claim(self.shared_dir / "shared.json", config.as_dict(Config.SHARED))
-        self.data = Data.load(config)
-
-    # ------------------------------------------------------------------------ one epoch of each kind
-    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        masks = {id(parameter) for parameter in mask_parameters(model)}
-        weights = [parameter for parameter in model.parameters() if id(parameter) not in masks]
-        return torch.optim.Adam(
-            [{"params": weights}, {"params": mask_parameters(model), "lr": self.config.mask_lr}], lr=self.config.lr
-        )
-
-    def _pairs(self):
-        """(source batch, target batch indices) over one pass of the target images."""
-        data, size = self.data, self.config.batch_size
-        for target_index in batches(len(data.target_x), size):
-            source_index = torch.randint(len(data.source_x), (len(target_index),))
-            yield self._source_images(source_index), data.source_y[source_index], target_index
-
-    def _source_images(self, index: torch.Tensor) -> torch.Tensor:
-        images = self.data.source_x[index]
-        return augment(images) if self.config.augment else images
-
-    def _objective(
-        self, model: ResidualCNN, source_x, source_y, target_x, labeller: torch.Tensor, *, distill: bool
-    ) -> torch.Tensor:
-        """Source CE + pseudo-label CE on the target (+ distillation from ``labeller``) (+ MMD); one
-        forward of both batches together, so BatchNorm sees both domains."""
-        features = model.features(torch.cat([source_x, target_x]))
-        logits = model.head(features)
-        source_logits, target_logits = logits[: len(source_x)], logits[len(source_x) :]
-        loss = cross_entropy(source_logits, source_y) + pseudo_label(target_logits, labeller, self.config.threshold)
-        if distill:
-            loss = loss + distillation(target_logits, labeller, self.config.temperature)
-        if self.config.mmd:
-            loss = loss + self.config.mmd * mmd(features[: len(source_x)], features[len(source_x) :])
-        return loss
-
-    def _source_epoch(self, model: ResidualCNN, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        model.train()
-        for index in batches(len(self.data.source_x), self.config.batch_size):
-            loss = cross_entropy(model(self._source_images(index)), self.data.source_y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return {"loss": loss.item()}
-
-    def _adapt_epoch(self, model: ResidualCNN, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """Self-training: the model's own predictions at the start of the epoch are its pseudo labels."""
-        labeller = predict(model, self.data.target_x)
-        model.train()
-        for source_x, source_y, index in self._pairs():
-            loss = self._objective(model, source_x, source_y, self.data.target_x[index], labeller[index], distill=False)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return {"loss": loss.item()}
-
-    def _admp_epoch(
-        self,
-        student: ResidualCNN,
-        teacher_logits: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        admm: ADMM,
-        finetune: bool,
-    ) -> dict[str, float]:
-        config = self.config
-        soft, hard = config.soft_mask and not finetune, config.hard_mask or finetune
-        masks, weights = mask_parameters(student), optimizer.param_groups[0]["params"]  # see _optimizer
-        student.train()
-        for step, (source_x, source_y, index) in enumerate(self._pairs()):
-            losses = {}
-            for mode, on in (("soft", soft), ("hard", hard)):
-                if on:
-                    set_mode(student, mode)
-                    losses[mode] = self._objective(
-                        student,
-                        source_x,
-                        source_y,
-                        self.data.target_x[index],
-                        teacher_logits[index],
-                        distill=config.distill,
-                    )
-            worst = torch.stack(list(losses.values()))
-            weight_loss = worst.max() if config.adversarial else worst.sum()
-            optimizer.zero_grad()
-            weight_loss.backward(inputs=weights, retain_graph=soft)
-            if soft:
-                # The soft mask learns from its own loss, whichever mask the weights are fighting.
-                (losses["soft"] + admm.penalty()).backward(inputs=masks)
-            optimizer.step()
-            if soft and (step + 1) % config.admm_every == 0:
-                admm.step()
-        if soft:
-            admm.step()
-        set_mode(student, "hard")
-        return {name: loss.item() for name, loss in losses.items()}
-
-    # ------------------------------------------------------------------------ the four models
-    def source_only(self) -> ResidualCNN:
-        torch.manual_seed(self.config.seed)
-        model = ResidualCNN(self.config.width)
-        optimizer = self._optimizer(model)
-        run_stage(
-            self.shared_dir / "source.ckpt",
-            self.config.epochs,
-            lambda _: self._source_epoch(model, optimizer),
-            {"model": model, "optimizer": optimizer},
-        )
-        return model.eval()
-
-    def adapt(self, model: ResidualCNN, path: Path, epochs: int) -> ResidualCNN:
-        """The model adapted to the target, starting from ``model`` (its masks' mode kept)."""
-        model = copy.deepcopy(model)
-        optimizer = self._optimizer(model)
-        run_stage(path, epochs, lambda _: self._adapt_epoch(model, optimizer), {"model": model, "optimizer": optimizer})
-        if self.config.adabn:
-            recompute_batchnorm(model, self.data.target_x)
-        return model.eval()
-
-    def magnitude_pruned(self, model: ResidualCNN) -> ResidualCNN:
-        """Each mask group keeps its channels of largest summed |BatchNorm gamma|; masks on, hard."""
-        model = copy.deepcopy(model)
-        for group, gamma in model.group_gammas().items():
-            model.masks[group].hard.copy_(project_top_k(gamma, keep_count(gamma.numel(), self.config.ratio)))
-        set_mode(model, "hard")
-        return model
-
-    def admp(self, teacher: ResidualCNN) -> ResidualCNN:
-        config = self.config
-        student = self.magnitude_pruned(teacher)  # z starts as the magnitude choice
-        with torch.no_grad():
-            for group, gamma in student.group_gammas().items():
-                # Soft masks open (sigmoid 0.5..0.98), ordered like the magnitude criterion.
-                student.masks[group].logits.copy_(4 * gamma / gamma.max())
-        admm = ADMM(dict(student.masks), config.ratio, config.rho)
-        optimizer = self._optimizer(student)
-        teacher_logits = predict(teacher, self.data.target_x)
-        epochs = config.admp_epochs + config.finetune_epochs
-        run_stage(
-            self.out_dir / "admp.ckpt",
-            epochs,
-            lambda epoch: self._admp_epoch(
-                student, teacher_logits, optimizer, admm, finetune=epoch >= config.admp_epochs
-            ),
-            {"model": student, "optimizer": optimizer, "admm": admm},
-        )
-        set_mode(student, "hard")
-        if config.adabn:
-            recompute_batchnorm(student, self.data.target_x)
-        return student.eval()
-
-    # ------------------------------------------------------------------------ all of it
-    def run(self) -> dict:
-        """Trains (or resumes) every model; writes teacher.onnx, student.onnx and metrics.json."""
-        torch.manual_seed(self.config.seed)
-        source = self.source_only()
-        teacher = self.adapt(source, self.shared_dir / "teacher.ckpt", self.config.epochs)
-        # As many epochs as ADMP trains its student for.
-        pruned_epochs = self.config.admp_epochs + self.config.finetune_epochs
-        models = {
-            "source_only": source,
-            "teacher": teacher,
-            "prune_then_adapt": self.adapt(
-                self.magnitude_pruned(source), self.out_dir / "prune_then_adapt.ckpt", pruned_epochs
-            ),
-            "admp": self.admp(teacher),
-        }
-        data = self.data
-        metrics = {
-            "target_acc": {name: accuracy(model, data.test_x, data.test_y) for name, model in models.items()},
-            "source_train_acc": {name: accuracy(model, data.source_x, data.source_y) for name, model in models.items()},
-            "kept_channel_ratio": kept_channel_ratio(dict(models["admp"].masks)),
-            "images": {
-                "source": len(data.source_x),
-                "target_train": len(data.target_x),
-                "target_test": len(data.test_x),
-            },
-            "config": self.config.as_dict(),
-        }
-        ir.save(export_model(teacher, self.config.size, masked=False), self.out_dir / "teacher.onnx")
-        ir.save(export_model(models["admp"], self.config.size, masked=True), self.out_dir / "student.onnx")
-        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        return metrics
-
-
-def _claim(path: Path, settings: dict) -> None:
-    """Checkpoints in a directory belong to one configuration: a run with another one is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise FrontendError(
-            f"{path.parent} holds a run with other settings ({path.name}): use another output directory"
-        )
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    def __init__(self, config: Config, out_dir: Path, shared_dir: Path | None = None, **options):
+        options.setdefault("data", None)
+        if options["data"] is None:
+            options["data"] = Data.load(config)
+        if options.get("net") is None and config.model != "residual-cnn":
+            torch.manual_seed(config.seed)
+            options["net"] = load_net(config.model, int(options["data"].source_y.max()) + 1, config.weights)
+        super().__init__(config, out_dir, shared_dir, **options)
