@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,6 +83,10 @@ def insert_masks(model: ir.Model, masks: Mapping[str, Sequence[int]]) -> None:
             raise PassError(
                 f"masks: {name!r} has {count} output channels; its kept indices must be distinct and in [0, "
                 f"{count}), got {list(kept)}"
+            )
+        if not kept:
+            warnings.warn(
+                f"masks: {name!r} keeps none of its {count} channels: what reads it sees a constant", stacklevel=2
             )
         mask = np.zeros([1, count] + [1] * (len(output.shape) - 2), dtype=output.dtype.numpy())
         mask[0, list(kept)] = 1

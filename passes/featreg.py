@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -294,6 +295,12 @@ class FeatRegPass(ir.passes.InPlacePass):
             common.RemoveUnusedNodesPass()(model)
         record(model, GatedLayers(tuple(layers)))
         rewritten = sum(layer.op == OP_TYPE for layer in layers)
+        if not layers:
+            warnings.warn(
+                "featreg found no gate (Relu, Max or Clip at 0, ThresholdedRelu, Where(x > t, x, 0)) before any "
+                "conv: the model is unchanged",
+                stacklevel=2,
+            )
         record(model, FeatRegSummary(self.sparsity, len(samples), self.min_sparsity, len(layers), rewritten))
         return ir.passes.PassResult(model, modified)
 

@@ -34,6 +34,7 @@ kept, by reason.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -56,7 +57,7 @@ from edgesparse.passes.channel_ops import (
     op_handler,
 )
 from edgesparse.passes.cleanup import CLEANUP_PASSES, lift_constants_pass
-from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.errors import PassError
 from edgesparse.passes.initializers import add_initializer
 from edgesparse.passes.registry import register_pass
 from edgesparse.passes.report import StrippedChannels, record
@@ -69,10 +70,17 @@ class StripChannelsPass(ir.passes.InPlacePass):
     def __init__(self, masks: str | os.PathLike | None = None, round_to: int = 1):
         super().__init__()
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise EdgesparseError(f"strip-channels: round_to must be a positive integer, not {round_to!r}")
+            raise PassError(f"strip-channels: round_to must be a positive integer, not {round_to!r}")
         self.round_to = round_to
         # Read now, so that a bad file fails before any pass runs.
         self.masks = load_masks(masks) if masks is not None else {}
+
+    def expected_model(self, model: ir.Model) -> ir.Model:
+        """What the result must compute (``--debug`` checks it): ``model`` with the mask file's masks applied."""
+        expected = model.clone()
+        if self.masks:
+            insert_masks(expected, self.masks)
+        return expected
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = lift_constants_pass()(model).modified
@@ -82,6 +90,12 @@ class StripChannelsPass(ir.passes.InPlacePass):
         deps = analyze_channels(model)
         constants = channel_constants(model, deps)
         removed, kept = plan_removal(deps, constants, self.round_to)
+        if not removed and not kept:
+            warnings.warn(
+                "strip-channels found no masked channel (give --masks, or masks as Mul constants in the graph): "
+                "the model is unchanged",
+                stacklevel=2,
+            )
         widths_before = layer_widths(model)
         if removed:
             remove_channels(model, deps, constants, removed)

@@ -355,6 +355,25 @@ def write_masks(path, masks: dict[str, list[int]]):
     return path
 
 
+def test_debug_mode_checks_a_mask_file_against_the_masked_model(tmp_path):
+    """Masks beside the model change its outputs by design: --debug compares with the masked model."""
+    masks = random_masks(cleaned_model("resnet"), 0.5, seed=6)
+    path = write_masks(tmp_path / "masks.json", masks)
+    stripped = run_pipeline(
+        cleaned_model("resnet"), "strip-channels", debug=True, pass_options={"strip-channels": {"masks": path}}
+    )
+    assert_same_outputs(masked_model("resnet", masks), stripped)
+
+
+def test_nothing_to_strip_and_a_mask_keeping_no_channel_are_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match="strip-channels found no masked channel"):
+        run_pipeline(cleaned_model("resnet"), "strip-channels")
+    first_block = "/stages/stages.0/body/body.0/body.0.0/Conv"
+    path = write_masks(tmp_path / "masks.json", {first_block: []})
+    with pytest.warns(UserWarning, match="keeps none of its 16 channels"):
+        run_pipeline(cleaned_model("resnet"), "strip-channels", pass_options={"strip-channels": {"masks": path}})
+
+
 @pytest.mark.parametrize("suffix", [".json", ".npz"])
 def test_mask_file_gives_what_the_same_masks_in_the_graph_give(tmp_path, suffix):
     masks = random_masks(cleaned_model("resnet"), 0.5, seed=6)

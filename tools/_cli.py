@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +20,15 @@ USER_ERROR_EXIT = 2
 INTERNAL_ERROR_EXIT = 1
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning (a pass that found nothing to do, masks keeping no channel) as one line."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Calls ``main`` and exits with its status; an :class:`EdgesparseError` prints ``error: ...``."""
+    if "--debug" not in sys.argv:
+        warnings.showwarning = print_warning
     try:
         status = main()
     except EdgesparseError as exc:

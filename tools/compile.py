@@ -10,7 +10,6 @@ python tools/compile.py model.onnx --target arm_cpu --tuning-db tuning/ -o build
 from __future__ import annotations
 
 import argparse
-import sys
 
 from _cli import run_main
 from _model_args import add_model_arguments, load_model, pass_options
@@ -54,12 +53,6 @@ def main() -> int:
     )
     if (featreg := report.get(FeatRegSummary.KEY)) is not None:
         print(f"featreg: {featreg['gated_convs']} convs read a gate, {featreg['rewritten']} became GatedConv")
-        if featreg["gated_convs"] == 0:
-            print(
-                "warning: featreg found no gate (Relu, Max or Clip at 0, ThresholdedRelu, Where(x > t, x, 0)) "
-                "before any conv",
-                file=sys.stderr,
-            )
     if args.tuning_db:
         print(
             f"tuned schedules from {args.tuning_db}: {len(report['tuned_functions'])} functions "
