@@ -105,7 +105,11 @@ def test_gated_kernel_knobs_are_measured_on_the_device(emulated_device, tmp_path
         model, resolve_target("arm_cpu"), tmp_path / "tuning", trials=2, rpc_address=address, passes="default,featreg"
     )
     assert (summary.measured, summary.failed) == (2, 0) and summary.tasks[0].best_ms > 0
-    assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [2]
+    # The gated kernel's 2 candidates, then the dense conv of its shape tuned with as many (the per-layer
+    # choice): all 4 loaded by the device, and both best times recorded.
+    assert [after - before for after, before in zip(candidate_loads(emulated_device), loads_before)] == [4]
+    [choice] = summary.kernel_choices.values()
+    assert choice["dense_ms"] > 0 and choice["gated_ms"] > 0 and choice["choice"] in ("dense", "gated")
     artefact = compile_model(model, "arm_cpu", passes="default,featreg", tuning_db=tmp_path / "tuning").save(
         tmp_path / "build"
     )
