@@ -120,6 +120,7 @@ def batches(photo_names, count, seed):
     return [sampler.sample() for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_a_gated_user_net_trains_exports_and_compiles_to_gated_convs_at_each_level(tmp_path):
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -179,6 +180,7 @@ def test_the_cli_trains_a_users_net_from_a_file_on_a_photo_directory(photo_dirs,
     assert sorted(metrics["test"]) == ["0.5", "0.9"] and metrics["gates"][0].startswith("3 gates")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
