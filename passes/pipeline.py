@@ -15,7 +15,7 @@ from edgesparse.passes import cleanup, featreg, strip_channels  # noqa: F401  (t
 from edgesparse.passes.cleanup import CLEANUP_PASSES
 from edgesparse.passes.errors import EdgesparseError, PassError
 from edgesparse.passes.registry import create_pass, required_passes
-from edgesparse.passes.verify import VerifiedPass, graph_problem
+from edgesparse.passes.verify import PassWrapper, VerifiedPass, graph_problem
 
 DEFAULT_PASSES = CLEANUP_PASSES
 
@@ -46,21 +46,9 @@ def symbolic_input_hint(model: ir.Model) -> str:
     return f" (inputs with symbolic dims: {', '.join(symbolic)}; fix them with --input-shape NAME=D0,D1,...)"
 
 
-class GuardedPass(ir.passes.PassBase):
+class GuardedPass(PassWrapper):
     """Names the pass when it fails: an exception that is no :class:`EdgesparseError` (a plugin's bug) becomes
     a :class:`PassError` naming the pass, and so does a graph it left reading a value nothing produces."""
-
-    def __init__(self, inner: ir.passes.PassBase, name: str):
-        self.inner = inner
-        self.name = name
-
-    @property
-    def in_place(self) -> bool:
-        return self.inner.in_place
-
-    @property
-    def changes_input(self) -> bool:
-        return self.inner.changes_input
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         try:

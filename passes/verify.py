@@ -43,12 +43,12 @@ def checker_problem(proto: onnx.ModelProto) -> str | None:
     return None
 
 
-class VerifiedPass(ir.passes.PassBase):
-    def __init__(self, inner: ir.passes.PassBase, name: str, *, rtol: float = DEFAULT_RTOL, seed: int = 0):
+class PassWrapper(ir.passes.PassBase):
+    """A pass around a named pass, declaring the same in-place behaviour (the pipeline's wrappers)."""
+
+    def __init__(self, inner: ir.passes.PassBase, name: str):
         self.inner = inner
         self.name = name
-        self.rtol = rtol
-        self.seed = seed
 
     @property
     def in_place(self) -> bool:
@@ -57,6 +57,13 @@ class VerifiedPass(ir.passes.PassBase):
     @property
     def changes_input(self) -> bool:
         return self.inner.changes_input
+
+
+class VerifiedPass(PassWrapper):
+    def __init__(self, inner: ir.passes.PassBase, name: str, *, rtol: float = DEFAULT_RTOL, seed: int = 0):
+        super().__init__(inner, name)
+        self.rtol = rtol
+        self.seed = seed
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = ir.serde.serialize_model(model)
