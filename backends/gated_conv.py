@@ -483,7 +483,7 @@ def _sparse_cpu(
                         y[nr // Ho, 0, nr % Ho, 0] = stage[0, 0]  # keeps the accumulation live
                     if do_output:
                         # Channels-last row -> NCHW, whole output rows per channel.
-                        for m, oxo in T.grid(M, Wo_main // _VECTOR):
+                        for oxo, m in T.grid(Wo_main // _VECTOR, M):
                             for i in T.vectorized(_VECTOR):
                                 y[nr // Ho, m, nr % Ho, oxo * _VECTOR + i] = stage[oxo * _VECTOR + i, m]
                         for m, ox in T.grid(M, Wo - Wo_main):
