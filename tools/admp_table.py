@@ -1,35 +1,48 @@
 #!/usr/bin/env python3
-"""The README's ADMP table: every pair and ratio trained (or resumed), stripped, compiled and timed.
+"""ADMP tables: every model, pair, ratio and seed trained (or resumed), stripped, and timed masked vs stripped.
 
-    python tools/admp_table.py -o build/admp/table        # the README's table (resumes from build/admp/table/)
-    python tools/admp_table.py --pairs mnist:sklearn-digits --ratios 0.6 --epochs 2 -o build/admp/quick
+    python tools/admp_table.py -o build/admp/table            # residual-cnn on both digit pairs (resumes)
+    python tools/admp_table.py --model resnet18 --size 32 --pairs mnist:mnist-m --ratios 0.6 -o build/admp/mnist-m
+    python tools/admp_table.py --model mobilenet_v2 --weights imagenet --size 32 --pairs mnist:mnist-m \\
+        --ratios 0.3,0.5,0.6,0.7 -o build/admp/mnist-m
+    python tools/admp_table.py --pairs mnist:sklearn-digits --ratios 0.6 --seeds 0 --epochs 2 -o build/admp/quick
 
-Per pair, the source model and teacher are trained once (<out>/<pair>/) and shared by the ratios
-(<out>/<pair>/r<percent>/, each a tools/train_admp.py output directory). For each run: the target
-accuracies, the student after ``default,strip-channels`` (params, MACs) against the unpruned teacher,
-and TVM llvm latency of both (batch 1, one thread: the machine is shared), timed after all the
-training, the builds in turns (``edgesparse.backends.timing.interleaved_latencies_ms``), the median per build.
-Writes <out>/table.md and <out>/table.json and prints the table.
+Per seed and pair, the source model and teacher are trained once (<out>/<model>/s<seed>/<source>-<target>/)
+and shared by the ratios (.../r<percent>/, each a tools/train_admp.py output directory: the same command
+resumes, and a train_admp.py run with the same settings and directories is reused). Every other
+``Config`` field is an option, as in train_admp.py.
+
+Per pair and ratio, over the seeds: each method's held-out target accuracy (mean ± sample sd); the kept
+channels; the student's params and MACs masked (default passes) and after ``default,strip-channels``; and
+ONNX Runtime's latency of the masked and the stripped student (batch 1, --threads threads, the two timed
+in turns, medians, averaged over the seeds), timed after all the training. Writes <out>/table.md and
+<out>/table.json and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
+import statistics
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import torch
 from _cli import run_main
+from tqdm import tqdm
+from train_admp import add_config_arguments
 
-from edgesparse.backends import CompileResult, compile_model
-from edgesparse.backends.timing import interleaved_latencies_ms, tvm_timer
+from edgesparse.backends.compiler import optimize
+from edgesparse.backends.timing import interleaved_latencies_ms, onnxruntime_timer
 from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
 from edgesparse.passes.errors import EdgesparseError
+from edgesparse.passes.macs import count_params, total_macs
 
-HEADER = ["pair", "pruned", *METHODS, "kept ch.", "params", "MACs", "llvm ms"]
+HEADER = ["model", "pair", "pruned", "seeds", *METHODS, "kept ch.", "params", "MACs", "ORT ms", "ORT speed-up"]
 
 
 def parse_pair(text: str) -> tuple[str, str]:
@@ -39,46 +52,78 @@ def parse_pair(text: str) -> tuple[str, str]:
     return source, target
 
 
-def compiled(path: Path) -> CompileResult:
-    """An ONNX file through the default passes and strip-channels, built for llvm."""
-    return compile_model(ir.load(path), "llvm", passes="default,strip-channels")
+def run_dirs(out: Path, config: Config) -> tuple[Path, Path]:
+    """(the run's directory, the directory its source model and teacher are shared in)."""
+    model = re.sub(r"[^\w.-]+", "_", config.model)  # FILE.py:NAME as one path component
+    shared = out / model / f"s{config.seed}" / f"{config.source}-{config.target}"
+    return shared / f"r{round(config.ratio * 100)}", shared
 
 
-def measure(config: Config, out: Path, shared: Path) -> tuple[dict, list[CompileResult]]:
-    """The run's table entry (latency still to come) and its (teacher, student) builds."""
-    metrics = Experiment(config, out, shared).run()
-    builds = [compiled(out / "teacher.onnx"), compiled(out / "student.onnx")]
+def measure(config: Config, out: Path) -> tuple[dict, list[ir.Model]]:
+    """One seed's entry and its (masked, stripped) students."""
+    run, shared = run_dirs(out, config)
+    metrics = Experiment(config, run, shared).run()
+    student = ir.load(run / "student.onnx")
+    masked, _ = optimize(student, "default")
+    stripped, _ = optimize(student, "default,strip-channels")
     entry = {
-        "source": config.source,
-        "target": config.target,
-        "ratio": config.ratio,
         "target_acc": metrics["target_acc"],
         "kept_channel_ratio": metrics["kept_channel_ratio"],
-        "params": [build.report["params_after"] for build in builds],
-        "macs": [build.report["macs_after"] for build in builds],
+        "params": [count_params(masked), count_params(stripped)],
+        "macs": [total_macs(masked), total_macs(stripped)],
     }
-    return entry, builds
+    return entry, [masked, stripped]
 
 
-def time_builds(builds: list[CompileResult]) -> list[float]:
-    """Each build's median latency (ms), the builds timed in turns (backends.timing's interleaving)."""
-    timers = [
-        tvm_timer(build.build.executable, [np.zeros(build.report["inputs"][0]["shape"], np.float32)], number=20)
-        for build in builds
-    ]
+def ort_latencies(models: list[ir.Model]) -> list[float]:
+    """Each model's median ONNX Runtime latency (ms) at batch 1, all timed in turns."""
+    timers = []
+    for model in models:
+        image = model.graph.inputs[0]
+        shape = [size if isinstance(size, int) else 1 for size in image.shape]  # a symbolic batch: 1
+        timers.append(onnxruntime_timer(model, {image.name: np.zeros(shape, np.float32)}, number=20))
     return interleaved_latencies_ms(timers)
 
 
+def mean_sd(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.1f}{unit}"
+    return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}{unit}"
+
+
+def summarize(config: Config, seeds: list[dict]) -> dict:
+    """The seeds of one (model, pair, ratio) as one table entry."""
+    first = seeds[0]
+    return {
+        "model": config.model,
+        "source": config.source,
+        "target": config.target,
+        "ratio": config.ratio,
+        "seeds": [each["seed"] for each in seeds],
+        "target_acc": {method: [each["target_acc"][method] for each in seeds] for method in METHODS},
+        "kept_channel_ratio": [each["kept_channel_ratio"] for each in seeds],
+        # Architecture and ratio fix the masked size; the stripped one can differ by seed (pinned groups).
+        "params": [first["params"][0], statistics.fmean(each["params"][1] for each in seeds)],
+        "macs": [first["macs"][0], statistics.fmean(each["macs"][1] for each in seeds)],
+        "ort_ms": [statistics.fmean(each["ort_ms"][k] for each in seeds) for k in (0, 1)],
+        "runs": seeds,
+    }
+
+
 def row(entry: dict) -> list[str]:
-    before_after = lambda pair, form: f"{form(pair[0])} -> {form(pair[1])}"  # noqa: E731
+    masked_ms, stripped_ms = entry["ort_ms"]
     return [
+        entry["model"],
         f"{entry['source']} -> {entry['target']}",
         f"{entry['ratio']:.0%}",
-        *(f"{entry['target_acc'][method]:.1%}" for method in METHODS),
-        f"{entry['kept_channel_ratio']:.1%}",
-        before_after(entry["params"], "{:,}".format),
-        before_after(entry["macs"], lambda macs: f"{macs / 1e6:.2f}M"),
-        before_after(entry["llvm_ms"], "{:.3f}".format),
+        str(len(entry["seeds"])),
+        *(mean_sd(entry["target_acc"][method], 100, "%") for method in METHODS),
+        mean_sd(entry["kept_channel_ratio"], 100, "%"),
+        f"{entry['params'][0]:,} -> {round(entry['params'][1]):,}",
+        f"{entry['macs'][0] / 1e6:.2f}M -> {entry['macs'][1] / 1e6:.2f}M",
+        f"{masked_ms:.3f} -> {stripped_ms:.3f}",
+        f"{masked_ms / stripped_ms:.2f}x",
     ]
 
 
@@ -89,34 +134,44 @@ def markdown(entries: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, skip=("source", "target", "ratio", "seed"))
     parser.add_argument(
         "--pairs", default="mnist:sklearn-digits,sklearn-digits:mnist", help="comma-separated SOURCE:TARGET pairs"
     )
     parser.add_argument("--ratios", default="0.3,0.5,0.6,0.7", help="comma-separated pruned fractions")
-    parser.add_argument("--epochs", type=int, help="override Config.epochs (and admp-epochs) for a quick table")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (mean and spread over them)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
     parser.add_argument("-o", "--output", required=True, help="directory of the runs and the table")
     args = parser.parse_args()
 
-    torch.set_num_threads(1)
-    os.environ.setdefault("TVM_NUM_THREADS", "1")
-    overrides = {"epochs": args.epochs, "admp_epochs": args.epochs} if args.epochs else {}
-    # Every configuration checked before the first one trains.
-    configs = [
-        Config(*parse_pair(pair), ratio=float(ratio), **overrides)
+    torch.set_num_threads(args.threads)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # the thread count onnxruntime_timer uses
+    settings = {
+        field.name: getattr(args, field.name) for field in dataclasses.fields(Config) if hasattr(args, field.name)
+    }
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+        ratios = [float(ratio) for ratio in args.ratios.split(",")]
+    except ValueError as exc:
+        raise EdgesparseError(f"--seeds/--ratios: {exc}") from None
+    # Every configuration is checked (Config's own checks) before the first one trains.
+    groups = [
+        [Config(*parse_pair(pair), ratio=ratio, seed=seed, **settings) for seed in seeds]
         for pair in args.pairs.split(",")
-        for ratio in args.ratios.split(",")
+        for ratio in ratios
     ]
     out = Path(args.output)
-    entries, builds = [], []
-    for config in configs:
-        shared = out / f"{config.source}-{config.target}"
-        entry, pair = measure(config, shared / f"r{round(config.ratio * 100)}", shared)
-        entries.append(entry)
-        builds.extend(pair)
-    # Timed after all the training, together.
-    timings = iter(time_builds(builds))
-    for entry in entries:
-        entry["llvm_ms"] = [next(timings), next(timings)]
+    measured = []
+    for configs in tqdm(groups, desc="table", unit="pair-ratio"):
+        measured.append([(config, *measure(config, out)) for config in configs])
+    # Timed after all the training, each seed's masked and stripped student in turns.
+    entries = []
+    for runs in measured:
+        seeds = []
+        for config, entry, models in runs:
+            seeds.append({**entry, "seed": config.seed, "ort_ms": ort_latencies(models)})
+        entries.append(summarize(runs[0][0], seeds))
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(entries, indent=2) + "\n")
     (out / "table.md").write_text(markdown(entries))
     print(markdown(entries), end="")

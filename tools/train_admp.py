@@ -44,10 +44,13 @@ HELP = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per Config field; booleans get --NAME / --no-NAME (the pieces of ADMP to switch off)."""
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One option per Config field but ``skip``; booleans get --NAME / --no-NAME (the pieces of ADMP to
+    switch off)."""
     hints = typing.get_type_hints(Config)
     for field in dataclasses.fields(Config):
+        if field.name in skip:
+            continue
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
         if kind is bool:
