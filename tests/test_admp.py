@@ -149,6 +149,14 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["target_acc"] == metrics["target_acc"]
     changed = run_tool("train_admp", *args[:-2], "--width", "8")
     assert changed.returncode == 2 and "holds a run with other settings" in changed.stderr
+    # A run written before a setting existed had its default: it resumes, and refuses another value.
+    for name in ("config.json", "shared.json"):
+        settings = json.loads((tmp_path / name).read_text())
+        del settings["recolour"]
+        (tmp_path / name).write_text(json.dumps(settings))
+    assert run_tool("train_admp", *args).returncode == 0
+    recoloured = run_tool("train_admp", *args, "--recolour")
+    assert recoloured.returncode == 2 and "holds a run with other settings" in recoloured.stderr
 
 
 @pytest.mark.slow

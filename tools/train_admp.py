@@ -39,6 +39,7 @@ HELP = {
     "epochs": "epochs of source training and of each adaptation",
     "model": "the net: residual-cnn (default), resnet18, mobilenet_v2 (torchvision's) or FILE.py:NAME",
     "weights": "a state dict loaded strictly into --model before its head is sized (imagenet: MobileNetV2's)",
+    "recolour": "give the labelled source images random colours (a grayscale source for an RGB target)",
     "collapse": "stop self-training, one epoch rolled back, when the target's class balance falls below this "
     "fraction of the source model's (0: never)",
 }

@@ -21,7 +21,15 @@ from edgesparse.frontends.admp.groups import attach_masks, group_magnitudes, mas
 from edgesparse.frontends.admp.losses import class_balance, distillation, mmd, pseudo_label
 from edgesparse.frontends.admp.masks import kept_channel_ratio, mask_parameters, set_mode
 from edgesparse.frontends.admp.model import ResidualCNN
-from edgesparse.frontends.admp.training import accuracy, augment, batches, predict, recompute_batchnorm, run_stage
+from edgesparse.frontends.admp.training import (
+    accuracy,
+    augment,
+    batches,
+    predict,
+    recolour,
+    recompute_batchnorm,
+    run_stage,
+)
 from edgesparse.frontends.errors import FrontendError
 
 METHODS = ("source_only", "teacher", "prune_then_adapt", "admp")
@@ -60,6 +68,9 @@ class Config:
     adversarial: bool = True
     adabn: bool = True
     augment: bool = True  # random affine jitter of the labelled source images
+    # Random colours of the labelled source images (training.recolour): for a grayscale source read by an
+    # RGB net (mnist -> mnist-m), so that colour is no cue the source model can lean on.
+    recolour: bool = False
     seed: int = 0
 
     # What the source model and the teacher depend on: runs that agree on these can share them.
@@ -82,6 +93,7 @@ class Config:
         "mmd",
         "adabn",
         "augment",
+        "recolour",
         "seed",
     )
 
@@ -188,7 +200,8 @@ class Experiment:
 
     def _source_images(self, index: torch.Tensor) -> torch.Tensor:
         images = self.data.source_x[index]
-        return augment(images) if self.config.augment else images
+        images = augment(images) if self.config.augment else images
+        return recolour(images) if self.config.recolour else images
 
     def _objective(
         self, model: torch.nn.Module, source_x, source_y, target_x, labeller: torch.Tensor, *, distill: bool
@@ -401,7 +414,10 @@ class CollapseGuard:
 def _claim(path: Path, settings: dict) -> None:
     """Checkpoints in a directory belong to one configuration: a run with another one is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and json.loads(path.read_text()) != settings:
+    stored = json.loads(path.read_text()) if path.exists() else settings
+    # A setting added since the run was written: the run had its default.
+    defaults = {field.name: field.default for field in dataclasses.fields(Config)}
+    if {**{key: defaults.get(key) for key in settings.keys() - stored.keys()}, **stored} != settings:
         raise FrontendError(
             f"{path.parent} holds a run with other settings ({path.name}): use another output directory"
         )

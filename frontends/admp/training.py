@@ -81,6 +81,14 @@ def recompute_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size
     model.eval()
 
 
+def recolour(images: torch.Tensor) -> torch.Tensor:
+    """Each image's channels given random colours: channel k becomes ``|c_k - x_k|`` for a uniform random
+    ``c_k`` in [0, 1] per image and channel (``c_k = 0`` keeps it, ``c_k = 1`` inverts it), so ink and
+    background come in any pair of colours and either may be the brighter one."""
+    colours = torch.rand(images.shape[0], images.shape[1], 1, 1, device=images.device)
+    return (colours - images).abs()
+
+
 def augment(images: torch.Tensor, rotation: float = 0.25, scale: float = 0.15, shift: float = 0.1) -> torch.Tensor:
     """Random affine jitter (rotation in radians, relative scale and shift), one draw per image: a
     labelled domain seen under small changes of pose generalises further than its own framing."""
