@@ -18,7 +18,7 @@ from edgesparse.backends.rpc import RPCAddress
 from edgesparse.frontends.admp.admm import keep_count, project_top_k
 from edgesparse.frontends.admp.experiments import domains
 from edgesparse.frontends.admp.experiments.run import METHODS, Config, Data, Experiment
-from edgesparse.frontends.admp.training import run_stage
+from edgesparse.frontends.admp.training import recolour, run_stage
 from edgesparse.passes import EdgesparseError
 from edgesparse.passes.channel_masks import mask_operands
 from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntime
@@ -100,6 +100,19 @@ def test_stripped_arm_cpu_build_runs_on_the_device_and_matches_onnxruntime(
     images = target_images[0][1:2]
     actual = artefact.run({"input": images}, RPCAddress.parse(emulated_device.rpc_address))
     assert max_relative_error(actual["logits"], run_onnxruntime(model, {"input": images})["logits"]) < RTOL
+
+
+def test_recolour_gives_ink_and_background_complementary_random_colours():
+    torch.manual_seed(0)
+    digits = (torch.rand(64, 1, 8, 8) > 0.5).float().expand(-1, 3, -1, -1)  # grayscale read as RGB
+    coloured = recolour(digits)
+    assert coloured.min() >= 0 and coloured.max() <= 1
+    ink = torch.where(digits[:, :, 0, 0] > 0, coloured[:, :, 0, 0], coloured[:, :, 0, 1])
+    background = torch.where(digits[:, :, 0, 0] > 0, coloured[:, :, 0, 1], coloured[:, :, 0, 0])
+    mixed = digits[:, 0, 0, 0] != digits[:, 0, 0, 1]  # images whose two pixels are one ink, one background
+    assert torch.allclose((ink + background)[mixed], torch.ones(1))  # |c - 1| + |c - 0| = 1 per channel
+    assert (background[:, 0] > ink[:, 0]).any() and (background[:, 0] < ink[:, 0]).any()  # either may be brighter
+    assert background.std(dim=0).min() > 0.2  # colours differ between images and channels
 
 
 def test_a_stage_resumes_from_its_checkpoint(tmp_path):
