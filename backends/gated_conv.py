@@ -47,7 +47,6 @@ SHAPE_ATTR = "edgesparse.gated_conv_shape"
 
 _MASK_BITS = 64  # channels per mask word (int64)
 _VECTOR = 16  # lanes of the CPU mask and transpose loops; LLVM splits them to the target's width
-_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: a larger CPU buffer goes to the heap and leaves registers
 
 
 @dataclass(frozen=True)
@@ -151,8 +150,8 @@ def default_schedule(shape: GatedConvShape, target: Target) -> GatedConvSchedule
         )
     lanes, registers = _cpu_vector_lanes(target), _cpu_vector_registers(target)
     oc_tile = min(64, _round_up(shape.out_channels, lanes))
-    # Keep a few registers for the broadcast input and weights; stay under TVM's stack limit.
-    tile_floats = min((registers - 4) * lanes, _STACK_BYTES // 4 - 1)
+    # Keep a few registers for the broadcast input and weights.
+    tile_floats = (registers - 4) * lanes
     ox_tile = max(1, min(4, tile_floats // oc_tile))
     return GatedConvSchedule(oc_tile=oc_tile, ox_tile=ox_tile, cin_block=32)
 
@@ -469,8 +468,9 @@ def _sparse_cpu(
                         for mi in T.vectorized(vector):
                             stage[p, mv * vector + mi] = b[T.min(mv * vector + mi, M - 1)]
                     for ky, block, tx, mo in T.grid(kh, blocks, g.tiles_x, MO):
-                        # Register tile (< 1 KiB: TVM keeps it on the stack, LLVM in registers).
-                        acc = T.decl_buffer((R, MT), "float32", scope="global")
+                        # Register tile. "local": TVM moves a "global" buffer of 1 KiB or more to the
+                        # heap, out of LLVM's registers; a local one stays an alloca whatever its size.
+                        acc = T.decl_buffer((R, MT), "float32", scope="local")
                         bits = T.decl_buffer((1,), "int64", scope="global")
                         for r, mv in T.grid(R, MT // vector):
                             for mi in T.vectorized(vector):
