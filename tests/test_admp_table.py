@@ -35,7 +35,15 @@ def test_table_averages_the_seeds_strips_the_students_and_resumes(tmp_path):
     again = run_tool("admp_table", *SETTINGS, "-o", tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr
     assert [path.stat().st_mtime_ns for path in checkpoints] == stamps  # every stage resumed, none retrained
-    assert json.loads((tmp_path / "table.json").read_text())[0]["target_acc"] == entry["target_acc"]
+    [resumed] = json.loads((tmp_path / "table.json").read_text())
+    assert resumed["target_acc"] == entry["target_acc"]
+
+    # Another ratio in the same directory: its row joins the table, the first one stays as it was.
+    other = [arg if arg != "0.6" else "0.5" for arg in SETTINGS]
+    assert run_tool("admp_table", *other, "-o", tmp_path, timeout=900).returncode == 0
+    first_row, second_row = json.loads((tmp_path / "table.json").read_text())
+    assert first_row == resumed and second_row["ratio"] == 0.5
+    assert len((tmp_path / "table.md").read_text().splitlines()) == 4  # header, rule, two rows
 
 
 def test_bad_seed_list_is_one_error_line(tmp_path):

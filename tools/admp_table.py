@@ -16,7 +16,7 @@ Per pair and ratio, over the seeds: each method's held-out target accuracy (mean
 channels; the student's params and MACs masked (default passes) and after ``default,strip-channels``; and
 ONNX Runtime's latency of the masked and the stripped student (batch 1, --threads threads, the two timed
 in turns, medians, averaged over the seeds), timed after all the training. Writes <out>/table.md and
-<out>/table.json and prints the table.
+<out>/table.json (keeping the rows of earlier calls for other models, pairs or ratios) and prints them.
 """
 
 from __future__ import annotations
@@ -111,6 +111,15 @@ def summarize(config: Config, seeds: list[dict]) -> dict:
     }
 
 
+def merged(table: Path, entries: list[dict]) -> list[dict]:
+    """The rows of an earlier call's table (another --model, pair or ratio in the same directory), with
+    ``entries`` in place of those they measure again."""
+    key = lambda entry: (entry["model"], entry["source"], entry["target"], entry["ratio"])  # noqa: E731
+    measured = {key(entry) for entry in entries}
+    earlier = json.loads(table.read_text()) if table.exists() else []
+    return [entry for entry in earlier if key(entry) not in measured] + entries
+
+
 def row(entry: dict) -> list[str]:
     masked_ms, stripped_ms = entry["ort_ms"]
     return [
@@ -172,6 +181,7 @@ def main() -> int:
             seeds.append({**entry, "seed": config.seed, "ort_ms": ort_latencies(models)})
         entries.append(summarize(runs[0][0], seeds))
     out.mkdir(parents=True, exist_ok=True)
+    entries = merged(out / "table.json", entries)
     (out / "table.json").write_text(json.dumps(entries, indent=2) + "\n")
     (out / "table.md").write_text(markdown(entries))
     print(markdown(entries), end="")
