@@ -482,7 +482,8 @@ def _sparse_cpu(
                     if not do_output:
                         y[nr // Ho, 0, nr % Ho, 0] = stage[0, 0]  # keeps the accumulation live
                     if do_output:
-                        # Channels-last row -> NCHW, whole output rows per channel.
+                        # Channels-last row -> NCHW by 16-pixel column blocks, each block's channels in
+                        # turn, so that the strided reads stay within a few KiB of the stage.
                         for oxo, m in T.grid(Wo_main // _VECTOR, M):
                             for i in T.vectorized(_VECTOR):
                                 y[nr // Ho, m, nr % Ho, oxo * _VECTOR + i] = stage[oxo * _VECTOR + i, m]
