@@ -3,11 +3,15 @@
 import json
 import statistics
 
+import onnx_ir as ir
 import pytest
 from conftest import run_tool
 
+from edgesparse.backends.compiler import optimize
+from edgesparse.passes.macs import count_params
+
 SETTINGS = [
-    "--pairs", "mnist:sklearn-digits", "--ratios", "0.6", "--seeds", "0,1", "--width", "8",
+    "--pairs", "mnist:sklearn-digits", "--ratios", "0.6", "--seeds", "0,1", "--width", "8", "--strip-round-to", "4",
     "--epochs", "1", "--admp-epochs", "1", "--finetune-epochs", "1", "--source-limit", "200", "--target-limit", "200",
 ]  # fmt: skip
 
@@ -29,6 +33,9 @@ def test_table_averages_the_seeds_strips_the_students_and_resumes(tmp_path):
     (params_masked, params_stripped), (macs_masked, macs_stripped) = entry["params"], entry["macs"]
     assert params_stripped < params_masked and macs_stripped < macs_masked
     assert all(ms > 0 for ms in entry["ort_ms"])
+    # --strip-round-to 4 reached the pass: unrounded, the students would have fewer parameters left.
+    unrounded = [count_params(optimize(ir.load(run / "student.onnx"), "default,strip-channels")[0]) for run in runs]
+    assert entry["strip_round_to"] == 4 and statistics.fmean(unrounded) < params_stripped
 
     checkpoints = sorted(tmp_path.rglob("*.ckpt"))
     stamps = [path.stat().st_mtime_ns for path in checkpoints]

@@ -13,7 +13,8 @@ resumes, and a train_admp.py run with the same settings and directories is reuse
 ``Config`` field is an option, as in train_admp.py.
 
 Per pair and ratio, over the seeds: each method's held-out target accuracy (mean ± sample sd); the kept
-channels; the student's params and MACs masked (default passes) and after ``default,strip-channels``; and
+channels; the student's params and MACs masked (default passes) and after ``default,strip-channels``
+(with ``--strip-round-to``); and
 ONNX Runtime's latency of the masked and the stripped student (batch 1, --threads threads, the two timed
 in turns, medians, averaged over the seeds), timed after all the training. Writes <out>/table.md and
 <out>/table.json (keeping the rows of earlier calls for other models, pairs or ratios) and prints them.
@@ -42,7 +43,19 @@ from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experimen
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.macs import count_params, total_macs
 
-HEADER = ["model", "pair", "pruned", "seeds", *METHODS, "kept ch.", "params", "MACs", "ORT ms", "ORT speed-up"]
+HEADER = [
+    "model",
+    "pair",
+    "pruned",
+    "seeds",
+    *METHODS,
+    "kept ch.",
+    "round_to",
+    "params",
+    "MACs",
+    "ORT ms",
+    "ORT speed-up",
+]
 
 
 def parse_pair(text: str) -> tuple[str, str]:
@@ -59,13 +72,13 @@ def run_dirs(out: Path, config: Config) -> tuple[Path, Path]:
     return shared / f"r{round(config.ratio * 100)}", shared
 
 
-def measure(config: Config, out: Path) -> tuple[dict, list[ir.Model]]:
-    """One seed's entry and its (masked, stripped) students."""
+def measure(config: Config, out: Path, round_to: int) -> tuple[dict, list[ir.Model]]:
+    """One seed's entry and its (masked, stripped) students, stripped with ``round_to``."""
     run, shared = run_dirs(out, config)
     metrics = Experiment(config, run, shared).run()
     student = ir.load(run / "student.onnx")
     masked, _ = optimize(student, "default")
-    stripped, _ = optimize(student, "default,strip-channels")
+    stripped, _ = optimize(student, "default,strip-channels", pass_options={"strip-channels": {"round_to": round_to}})
     entry = {
         "target_acc": metrics["target_acc"],
         "kept_channel_ratio": metrics["kept_channel_ratio"],
@@ -92,7 +105,7 @@ def mean_sd(values: list[float], scale: float = 1.0, unit: str = "") -> str:
     return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}{unit}"
 
 
-def summarize(config: Config, seeds: list[dict]) -> dict:
+def summarize(config: Config, seeds: list[dict], round_to: int) -> dict:
     """The seeds of one (model, pair, ratio) as one table entry."""
     first = seeds[0]
     return {
@@ -103,6 +116,7 @@ def summarize(config: Config, seeds: list[dict]) -> dict:
         "seeds": [each["seed"] for each in seeds],
         "target_acc": {method: [each["target_acc"][method] for each in seeds] for method in METHODS},
         "kept_channel_ratio": [each["kept_channel_ratio"] for each in seeds],
+        "strip_round_to": round_to,
         # Architecture and ratio fix the masked size; the stripped one can differ by seed (pinned groups).
         "params": [first["params"][0], statistics.fmean(each["params"][1] for each in seeds)],
         "macs": [first["macs"][0], statistics.fmean(each["macs"][1] for each in seeds)],
@@ -117,7 +131,9 @@ def merged(table: Path, entries: list[dict]) -> list[dict]:
     key = lambda entry: (entry["model"], entry["source"], entry["target"], entry["ratio"])  # noqa: E731
     measured = {key(entry) for entry in entries}
     earlier = json.loads(table.read_text()) if table.exists() else []
-    return [entry for entry in earlier if key(entry) not in measured] + entries
+    # Rows of an older admp_table (other fields) are measured again by calling it again, not kept.
+    current = [entry for entry in earlier if entry.keys() == entries[0].keys()]
+    return [entry for entry in current if key(entry) not in measured] + entries
 
 
 def row(entry: dict) -> list[str]:
@@ -129,6 +145,7 @@ def row(entry: dict) -> list[str]:
         str(len(entry["seeds"])),
         *(mean_sd(entry["target_acc"][method], 100, "%") for method in METHODS),
         mean_sd(entry["kept_channel_ratio"], 100, "%"),
+        str(entry["strip_round_to"]),
         f"{entry['params'][0]:,} -> {round(entry['params'][1]):,}",
         f"{entry['macs'][0] / 1e6:.2f}M -> {entry['macs'][1] / 1e6:.2f}M",
         f"{masked_ms:.3f} -> {stripped_ms:.3f}",
@@ -149,6 +166,9 @@ def main() -> int:
     )
     parser.add_argument("--ratios", default="0.3,0.5,0.6,0.7", help="comma-separated pruned fractions")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (mean and spread over them)")
+    parser.add_argument(
+        "--strip-round-to", type=int, default=1, help="strip-channels' round_to for the stripped students (default 1)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
     parser.add_argument("-o", "--output", required=True, help="directory of the runs and the table")
     args = parser.parse_args()
@@ -172,14 +192,14 @@ def main() -> int:
     out = Path(args.output)
     measured = []
     for configs in tqdm(groups, desc="table", unit="pair-ratio"):
-        measured.append([(config, *measure(config, out)) for config in configs])
+        measured.append([(config, *measure(config, out, args.strip_round_to)) for config in configs])
     # Timed after all the training, each seed's masked and stripped student in turns.
     entries = []
     for runs in measured:
         seeds = []
         for config, entry, models in runs:
             seeds.append({**entry, "seed": config.seed, "ort_ms": ort_latencies(models)})
-        entries.append(summarize(runs[0][0], seeds))
+        entries.append(summarize(runs[0][0], seeds, args.strip_round_to))
     out.mkdir(parents=True, exist_ok=True)
     entries = merged(out / "table.json", entries)
     (out / "table.json").write_text(json.dumps(entries, indent=2) + "\n")
