@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
@@ -74,3 +75,21 @@ def check_output_path(text: str | os.PathLike, *, directory: bool, flag: str = "
     if not os.access(target, os.W_OK | os.X_OK):
         raise EdgesparseError(f"{flag} {path}: cannot write in {target} (permission denied)")
     return path
+
+
+def write_file(path: Path, write: Callable[[str], None], suffix: str) -> None:
+    """``write(staging)`` writes the file beside ``path``, then it takes ``path``'s place: an interrupted or
+    failed write leaves no partial file. ``suffix``: the staging file's (np.savez adds .npz to any other)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write there ({exc.strerror or exc})") from None
+    os.close(handle)
+    try:
+        write(staging)
+        os.replace(staging, path)
+    except OSError as exc:
+        raise EdgesparseError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        Path(staging).unlink(missing_ok=True)

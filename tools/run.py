@@ -8,14 +8,12 @@ python tools/run.py build/ --rpc 127.0.0.1:9190:arm64-qemu --check
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from _cli import check_output_path, run_main, set_tvm_threads
+from _cli import check_output_path, run_main, set_tvm_threads, write_file
 
 from edgesparse.backends import Artefact
 from edgesparse.backends.artefact import MODEL_FILE
@@ -42,23 +40,6 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
     if len(arrays) == 1 and len(input_names) == 1 and input_names[0] not in arrays:
         return {input_names[0]: next(iter(arrays.values()))}
     return arrays
-
-
-def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
-    """Writes the .npz next to its final name first, so an interrupted run leaves no partial file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    except OSError as exc:
-        raise EdgesparseError(f"-o {path}: cannot write there ({exc.strerror or exc})") from None
-    os.close(handle)
-    try:
-        np.savez(staging, **outputs)
-        os.replace(staging, path)
-    except OSError as exc:
-        raise EdgesparseError(f"-o {path}: cannot write it ({exc.strerror or exc})") from None
-    finally:
-        Path(staging).unlink(missing_ok=True)
 
 
 def compare(actual: np.ndarray, expected: np.ndarray) -> str:
@@ -123,7 +104,7 @@ def main() -> int:
     report = artefact.report
     print(f"MACs {report['macs_after']:,} (before passes {report['macs_before']:,})")
     if args.output:
-        save_outputs(args.output, outputs)
+        write_file(args.output, lambda staging: np.savez(staging, **outputs), ".npz")
         print(f"wrote {args.output}")
     return 0
 

@@ -7,16 +7,12 @@ python tools/zoo.py tiny -o build/tiny.onnx
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
 import onnx_ir as ir
-from _cli import check_output_path, run_main
+from _cli import check_output_path, run_main, write_file
 
 from edgesparse.frontends.torch_frontend import from_torch
 from edgesparse.frontends.zoo import ZOO, build_zoo_model
-from edgesparse.passes.errors import EdgesparseError
 
 
 def main() -> int:
@@ -28,20 +24,7 @@ def main() -> int:
     output = check_output_path(args.output, directory=False)
     module, example = build_zoo_model(args.name, args.seed)
     model = from_torch(module, example, input_names=["input"], output_names=["output"])
-    # Written beside its name first: an interrupted write leaves no partial file.
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
-    except OSError as exc:
-        raise EdgesparseError(f"-o {output}: cannot write there ({exc.strerror or exc})") from None
-    os.close(handle)
-    try:
-        ir.save(model, staging)
-        os.replace(staging, output)
-    except OSError as exc:
-        raise EdgesparseError(f"-o {output}: cannot write it ({exc.strerror or exc})") from None
-    finally:
-        Path(staging).unlink(missing_ok=True)
+    write_file(output, lambda staging: ir.save(model, staging), ".onnx")
     print(f"wrote {output} ({args.name}, input {list(example.shape)})")
     return 0
 
