@@ -256,7 +256,16 @@ Args = Callable[[dict, Path, dict], list]
 
 
 def compile_args(model: str, *extra: str) -> Args:
-    return lambda f, out, ports: ["compile", f[model], "--target", "llvm", *extra, "-o", out]
+    """compile.py on the named file for llvm; an ``extra`` naming a file of the fixture becomes its path."""
+    return lambda f, out, ports: [
+        "compile",
+        f[model],
+        "--target",
+        "llvm",
+        *[f.get(item, item) for item in extra],
+        "-o",
+        out,
+    ]
 
 
 def run_args(artefact: str, *extra) -> Args:
@@ -306,38 +315,12 @@ BAD = {
         "absent",
     ),
     "calibrate wrong names": (
-        lambda f, out, p: [
-            "compile",
-            f["tiny"],
-            "--target",
-            "llvm",
-            "--passes",
-            "default,featreg",
-            "--sparsity",
-            "0.5",
-            "--calibrate",
-            f["calib_names"],
-            "-o",
-            out,
-        ],
+        compile_args("tiny", "--passes", "default,featreg", "--sparsity", "0.5", "--calibrate", "calib_names"),
         "'image'",
         "absent",
     ),
     "calibrate wrong shapes": (
-        lambda f, out, p: [
-            "compile",
-            f["tiny"],
-            "--target",
-            "llvm",
-            "--passes",
-            "default,featreg",
-            "--sparsity",
-            "0.5",
-            "--calibrate",
-            f["calib_shapes"],
-            "-o",
-            out,
-        ],
+        compile_args("tiny", "--passes", "default,featreg", "--sparsity", "0.5", "--calibrate", "calib_shapes"),
         "calib_shapes.npz",
         "absent",
     ),
@@ -346,49 +329,27 @@ BAD = {
     "input-shape channels": (compile_args("tiny", "--input-shape", "input=1,4,32,32"), "input", "absent"),
     "input-shape output size zero": (compile_args("no_gates", "--input-shape", "x=1,3,1,1"), "x=1,3,1,1", "absent"),
     "plugin raises on import": (
-        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--plugin", f["raises.py"], "-o", out],
+        compile_args("tiny", "--plugin", "raises.py"),
         "raises.py",
         "absent",
     ),
     "plugin syntax error": (
-        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--plugin", f["syntax.py"], "-o", out],
+        compile_args("tiny", "--plugin", "syntax.py"),
         "syntax.py",
         "absent",
     ),
     "plugin pass raises": (
-        lambda f, out, p: [
-            "compile",
-            f["tiny"],
-            "--target",
-            "llvm",
-            "--plugin",
-            f["pass_raises.py"],
-            "--passes",
-            "default,explode",
-            "-o",
-            out,
-        ],
+        compile_args("tiny", "--plugin", "pass_raises.py", "--passes", "default,explode"),
         "'explode'",
         "absent",
     ),
     "plugin pass breaks the graph": (
-        lambda f, out, p: [
-            "compile",
-            f["tiny"],
-            "--target",
-            "llvm",
-            "--plugin",
-            f["pass_breaks.py"],
-            "--passes",
-            "default,vandal",
-            "-o",
-            out,
-        ],
+        compile_args("tiny", "--plugin", "pass_breaks.py", "--passes", "default,vandal"),
         "'vandal'",
         "absent",
     ),
     "corrupt tuning db": (
-        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--tuning-db", f["bad_tuning"], "-o", out],
+        compile_args("tiny", "--tuning-db", "bad_tuning"),
         "tuning",
         "absent",
     ),
