@@ -68,9 +68,10 @@ def masked_model(name: str, masks: dict[str, list[int]]) -> ir.Model:
 
 
 # ----------------------------------------------------------------------------------- exact counts
-def test_hand_computed_params_and_macs():
-    """3 -> 8 -> 4 channels, 3x3 convs with padding, 5 of the 8 middle channels kept by a mask."""
-    model = build_model(
+def masked_conv_pair(mask: np.ndarray):
+    """conv1 (3 -> len(mask) channels, 3x3, padded), Mul by ``mask``, Relu, conv2 (-> 4), on 1x3x8x8."""
+    width = len(mask)
+    return build_model(
         [
             helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
             helper.make_node("Mul", ["a", "mask"], ["m"]),
@@ -80,13 +81,18 @@ def test_hand_computed_params_and_macs():
         {"x": [1, 3, 8, 8]},
         ["y"],
         {
-            "w1": random_weight(8, 3, 3, 3),
-            "b1": random_weight(8),
-            "mask": np.array([1, 0, 1, 1, 0, 1, 0, 1], np.float32).reshape(1, 8, 1, 1),
-            "w2": random_weight(4, 8, 3, 3),
+            "w1": random_weight(width, 3, 3, 3),
+            "b1": random_weight(width),
+            "mask": mask.reshape(1, width, 1, 1),
+            "w2": random_weight(4, width, 3, 3),
             "b2": random_weight(4),
         },
     )
+
+
+def test_hand_computed_params_and_macs():
+    """3 -> 8 -> 4 channels, 3x3 convs with padding, 5 of the 8 middle channels kept by a mask."""
+    model = masked_conv_pair(np.array([1, 0, 1, 1, 0, 1, 0, 1], np.float32))
     assert count_params(model) == 8 * 3 * 9 + 8 + 8 + 4 * 8 * 9 + 4
     assert total_macs(model) == 8 * 64 * 3 * 9 + 4 * 64 * 8 * 9
     stripped = strip(model)
@@ -494,23 +500,7 @@ def test_round_to_keeps_the_first_masked_channels_hand_computed():
     """16 channels, 5 kept by the mask: round_to=4 keeps 8, the 5 and the first 3 masked ones (indices 1, 2, 4)."""
     mask = np.zeros(16, np.float32)
     mask[[0, 3, 7, 9, 12]] = 1
-    model = build_model(
-        [
-            helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
-            helper.make_node("Mul", ["a", "mask"], ["m"]),
-            helper.make_node("Relu", ["m"], ["r"]),
-            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
-        ],
-        {"x": [1, 3, 8, 8]},
-        ["y"],
-        {
-            "w1": random_weight(16, 3, 3, 3),
-            "b1": random_weight(16),
-            "mask": mask.reshape(1, 16, 1, 1),
-            "w2": random_weight(4, 16, 3, 3),
-            "b2": random_weight(4),
-        },
-    )
+    model = masked_conv_pair(mask)
     assert widths(strip(model)) == widths(strip(model, round_to=1)) == {"conv1": [3, 5], "conv2": [5, 4]}
     for round_to, width in ((4, 8), (8, 8), (3, 6), (5, 5), (16, 16)):
         stripped = strip(model, round_to=round_to)
