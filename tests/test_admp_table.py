@@ -53,8 +53,12 @@ def test_table_averages_the_seeds_strips_the_students_and_resumes(tmp_path):
     assert len((tmp_path / "table.md").read_text().splitlines()) == 4  # header, rule, two rows
 
 
-def test_bad_seed_list_is_one_error_line(tmp_path):
-    result = run_tool("admp_table", "--seeds", "0,x", "-o", tmp_path)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--seeds", "0,x"], "error: --seeds"), (["--strip-round-to", "0"], "error: strip-channels: round_to")],
+)
+def test_bad_setting_is_one_error_line_before_any_training(tmp_path, args, message):
+    result = run_tool("admp_table", *args, "-o", tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: --seeds") and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(message) and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())

@@ -40,6 +40,7 @@ from train_admp import add_config_arguments
 from edgesparse.backends.compiler import optimize
 from edgesparse.backends.timing import interleaved_latencies_ms, onnxruntime_timer
 from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
+from edgesparse.passes import create_pass
 from edgesparse.passes.errors import EdgesparseError
 from edgesparse.passes.macs import count_params, total_macs
 
@@ -183,7 +184,8 @@ def main() -> int:
         ratios = [float(ratio) for ratio in args.ratios.split(",")]
     except ValueError as exc:
         raise EdgesparseError(f"--seeds/--ratios: {exc}") from None
-    # Every configuration is checked (Config's own checks) before the first one trains.
+    # Every setting is checked (Config's and strip-channels' own checks) before the first run trains.
+    create_pass("strip-channels", round_to=args.strip_round_to)
     groups = [
         [Config(*parse_pair(pair), ratio=ratio, seed=seed, **settings) for seed in seeds]
         for pair in args.pairs.split(",")
