@@ -256,16 +256,7 @@ Args = Callable[[dict, Path, dict], list]
 
 
 def compile_args(model: str, *extra: str) -> Args:
-    """compile.py on the named file for llvm; an ``extra`` naming a file of the fixture becomes its path."""
-    return lambda f, out, ports: [
-        "compile",
-        f[model],
-        "--target",
-        "llvm",
-        *[f.get(item, item) for item in extra],
-        "-o",
-        out,
-    ]
+    return lambda f, out, ports: ["compile", f[model], "--target", "llvm", *extra, "-o", out]
 
 
 def run_args(artefact: str, *extra) -> Args:
@@ -315,12 +306,38 @@ BAD = {
         "absent",
     ),
     "calibrate wrong names": (
-        compile_args("tiny", "--passes", "default,featreg", "--sparsity", "0.5", "--calibrate", "calib_names"),
+        lambda f, out, p: [
+            "compile",
+            f["tiny"],
+            "--target",
+            "llvm",
+            "--passes",
+            "default,featreg",
+            "--sparsity",
+            "0.5",
+            "--calibrate",
+            f["calib_names"],
+            "-o",
+            out,
+        ],
         "'image'",
         "absent",
     ),
     "calibrate wrong shapes": (
-        compile_args("tiny", "--passes", "default,featreg", "--sparsity", "0.5", "--calibrate", "calib_shapes"),
+        lambda f, out, p: [
+            "compile",
+            f["tiny"],
+            "--target",
+            "llvm",
+            "--passes",
+            "default,featreg",
+            "--sparsity",
+            "0.5",
+            "--calibrate",
+            f["calib_shapes"],
+            "-o",
+            out,
+        ],
         "calib_shapes.npz",
         "absent",
     ),
@@ -329,27 +346,49 @@ BAD = {
     "input-shape channels": (compile_args("tiny", "--input-shape", "input=1,4,32,32"), "input", "absent"),
     "input-shape output size zero": (compile_args("no_gates", "--input-shape", "x=1,3,1,1"), "x=1,3,1,1", "absent"),
     "plugin raises on import": (
-        compile_args("tiny", "--plugin", "raises.py"),
+        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--plugin", f["raises.py"], "-o", out],
         "raises.py",
         "absent",
     ),
     "plugin syntax error": (
-        compile_args("tiny", "--plugin", "syntax.py"),
+        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--plugin", f["syntax.py"], "-o", out],
         "syntax.py",
         "absent",
     ),
     "plugin pass raises": (
-        compile_args("tiny", "--plugin", "pass_raises.py", "--passes", "default,explode"),
+        lambda f, out, p: [
+            "compile",
+            f["tiny"],
+            "--target",
+            "llvm",
+            "--plugin",
+            f["pass_raises.py"],
+            "--passes",
+            "default,explode",
+            "-o",
+            out,
+        ],
         "'explode'",
         "absent",
     ),
     "plugin pass breaks the graph": (
-        compile_args("tiny", "--plugin", "pass_breaks.py", "--passes", "default,vandal"),
+        lambda f, out, p: [
+            "compile",
+            f["tiny"],
+            "--target",
+            "llvm",
+            "--plugin",
+            f["pass_breaks.py"],
+            "--passes",
+            "default,vandal",
+            "-o",
+            out,
+        ],
         "'vandal'",
         "absent",
     ),
     "corrupt tuning db": (
-        compile_args("tiny", "--tuning-db", "bad_tuning"),
+        lambda f, out, p: ["compile", f["tiny"], "--target", "llvm", "--tuning-db", f["bad_tuning"], "-o", out],
         "tuning",
         "absent",
     ),
