@@ -19,9 +19,11 @@ from pathlib import Path
 import onnx_ir as ir
 import tvm
 from tvm import relax
+from tvm.s_tir import dlight
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
+from edgesparse.backends.cpu_fallback_schedule import ParallelFallback
 from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import GatedConvSchedule, shape_of
 from edgesparse.backends.input_transpose_fusion import fuse_input_transpose
@@ -106,7 +108,10 @@ def _pipeline_halves(
         # applied, each relayout becomes a function of its own that FoldConstant runs at build time. The
         # library's interface does not change: the weights stay constants inside it.
         first = first + [relax.transform.AttachAttrLayoutFreeBuffers()]
-        second = [_split_weight_prepack, relax.transform.FoldConstant()] + second
+        # Then every kernel still unscheduled (untuned) gets a parallel schedule instead of TVM's one
+        # serial loop nest (backends/cpu_fallback_schedule.py).
+        fallback = dlight.ApplyDefaultSchedule(ParallelFallback())
+        second = [_split_weight_prepack, relax.transform.FoldConstant(), fallback] + second
     return first, second
 
 

@@ -7,6 +7,7 @@ where a GPU exists; aarch64 builds run on the emulated device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
@@ -22,6 +23,7 @@ from edgesparse.backends.gated_conv import (
     GatedConvShape,
     default_schedule,
     effective_macs,
+    few_outputs,
     gated_conv2d,
     pack_weight,
     schedule_space,
@@ -35,7 +37,7 @@ from edgesparse.passes.onnxruntime_ref import max_relative_error, run_onnxruntim
 # name -> (shape, threshold). Thresholds: 0 (Relu), positive (ThresholdedRelu), negative (Where).
 CASES = {
     "3x3": (GatedConvShape(1, 24, 40, 13, 15, (3, 3), pads=(1, 1, 1, 1)), 0.0),
-    "3x3-stride2-asym-pads-batch2": (GatedConvShape(2, 13, 7, 11, 9, (3, 3), (2, 2), (1, 0, 2, 1)), 0.3),
+    "3x3-stride2-asym-pads-batch2": (GatedConvShape(2, 13, 17, 11, 9, (3, 3), (2, 2), (1, 0, 2, 1)), 0.3),
     "3x3-dilation2-two-mask-words": (
         GatedConvShape(1, 70, 33, 10, 23, (3, 3), pads=(2, 2, 2, 2), dilation=(2, 2)),
         -0.2,
@@ -43,7 +45,10 @@ CASES = {
     "3x3-no-padding": (GatedConvShape(1, 8, 16, 7, 12, (3, 3)), 0.0),
     "3x1-stride1x2": (GatedConvShape(1, 130, 64, 5, 37, (3, 1), (1, 2), (0, 0, 1, 0)), 0.5),
     "1x1": (GatedConvShape(1, 16, 24, 17, 17, (1, 1)), 0.0),
-    "1x1-stride2-batch3": (GatedConvShape(3, 9, 5, 9, 8, (1, 1), (2, 2)), 0.1),
+    "1x1-stride2-batch3": (GatedConvShape(3, 9, 9, 9, 8, (1, 1), (2, 2)), 0.1),
+    # At most half a vector of outputs: the x86 hosts' CPU kernel vectorizes over pixels (few_outputs).
+    "few-outputs-3x3-stride2-asym-pads-batch2": (GatedConvShape(2, 13, 3, 11, 21, (3, 3), (2, 2), (1, 0, 2, 1)), 0.3),
+    "few-outputs-3x3-dilation2": (GatedConvShape(1, 70, 1, 10, 35, (3, 3), pads=(2, 2, 2, 2), dilation=(2, 2)), -0.2),
     "depthwise-3x3-stride2": (GatedConvShape(2, 12, 12, 9, 11, (3, 3), (2, 2), (1, 1, 1, 1), group=12), 0.0),
 }
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
@@ -157,6 +162,17 @@ def test_every_schedule_is_exact(schedule):
     shape, threshold = GatedConvShape(1, 40, 64, 9, 19, (3, 3), pads=(1, 1, 1, 1)), 0.0
     library = compile_kernel(gated_conv2d(shape, threshold, schedule, HOST.target), HOST.target)
     check_kernel(library, shape, schedule, threshold, [0.0, 0.9])
+
+
+def test_few_outputs_vectorize_over_pixels_on_cpus_only():
+    shape, threshold = CASES["few-outputs-3x3-stride2-asym-pads-batch2"]  # 3 outputs
+    arm, cuda = resolve_target("arm_cpu").target, resolve_target("cuda").target
+    assert not few_outputs(shape, arm)  # 3 of NEON's 4 lanes: the sparse kernel
+    assert few_outputs(dataclasses.replace(shape, out_channels=2), arm)
+    assert not few_outputs(dataclasses.replace(shape, out_channels=1), cuda)
+    # The pixel-vectorized kernel walks no bits; the sparse one does.
+    assert "T.clz" not in gated_conv2d(shape, threshold, default_schedule(shape, HOST.target), HOST.target).script()
+    assert "T.clz" in gated_conv2d(shape, threshold, default_schedule(shape, arm), arm).script()
 
 
 @pytest.mark.parametrize("target", ["llvm", "arm_cpu", "mali", "cuda"])
