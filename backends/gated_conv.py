@@ -21,10 +21,13 @@ The threshold is rounded to float32, as ONNX compares in the input's type; NaN i
 
 CPU (``llvm``: x86 host, aarch64 ``arm_cpu``): one hand-scheduled PrimFunc, rows of output in
 parallel, the tile accumulated in vector registers, the row staged channels-last and written to NCHW
-once. GPU (``cuda``, ``mali``/OpenCL): the same masks and the same accumulation (one output channel
-per thread instead of a vector lane), threads bound by hand. Supported: ``group == 1`` (the sparse
-kernel above) and depthwise ``group == C == M`` (a gated dense kernel: each active input feeds one
-output channel only, so skipping per pixel-channel buys nothing over a vectorized dense loop).
+once; a pixel shuffle (``DepthToSpace``) that alone reads the conv can be written in that same pass
+instead (:class:`DepthToSpace`). GPU (``cuda``, ``mali``/OpenCL): the same masks and the same
+accumulation (one output channel per thread instead of a vector lane), threads bound by hand.
+Supported: ``group == 1`` (the sparse kernel above) and depthwise ``group == C == M`` (a gated dense
+kernel: each active input feeds one output channel only, so skipping per pixel-channel buys nothing
+over a vectorized dense loop). On CPU a conv with at most half a vector of outputs is a gated dense
+kernel too, vectorized over output pixels (:func:`few_outputs`).
 """
 
 from __future__ import annotations
@@ -307,13 +310,21 @@ class _Geometry:
 
 
 def gated_conv2d(
-    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, target: Target, phases: str = "all"
+    shape: GatedConvShape,
+    threshold: float,
+    schedule: GatedConvSchedule,
+    target: Target,
+    phases: str = "all",
+    depth_to_space: DepthToSpace | None = None,
 ) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x [N,C,H,W], weight packed by pack_weight, bias [M], y [N,M,Ho,Wo])``, all
     float32, ``y`` written by the kernel (destination-passing, as Relax ``call_tir`` calls it).
     ``phases`` (CPU group-1 kernel, for timing only): see :data:`PHASES`; anything but "all" leaves ``y``
-    partly unwritten."""
+    partly unwritten. ``depth_to_space`` (where :func:`fuses_depth_to_space`): ``y`` is that op's output
+    instead, written by the kernel's output phase in place of the conv's."""
     schedule.validate(target)
+    if depth_to_space is not None and not fuses_depth_to_space(shape, target, depth_to_space):
+        raise ValueError(f"{depth_to_space} cannot be fused into the kernel for {shape} on {target.kind.name}")
     threshold = float(np.float32(threshold))
     if _is_gpu(target):
         function = (_depthwise_gpu if shape.is_depthwise else _sparse_gpu)(shape, threshold, schedule)
@@ -324,7 +335,7 @@ def gated_conv2d(
         elif few_outputs(shape, target):
             function = _few_outputs_cpu(shape, threshold, schedule, vector)
         else:
-            function = _sparse_cpu(shape, threshold, schedule, vector, phases)
+            function = _sparse_cpu(shape, threshold, schedule, vector, phases, depth_to_space)
     return function.with_attr(SHAPE_ATTR, json.dumps(dataclasses.asdict(shape)))
 
 
@@ -421,7 +432,12 @@ PHASES = ("masks", "accumulate", "all")
 
 
 def _sparse_cpu(
-    shape: GatedConvShape, threshold: float, schedule: GatedConvSchedule, vector: int, phases: str = "all"
+    shape: GatedConvShape,
+    threshold: float,
+    schedule: GatedConvSchedule,
+    vector: int,
+    phases: str = "all",
+    depth_to_space: DepthToSpace | None = None,
 ) -> tvm.tirx.PrimFunc:
     if phases not in PHASES:
         raise ValueError(f"phases must be one of {PHASES}, not {phases!r}")
@@ -430,19 +446,23 @@ def _sparse_cpu(
     MT, R, MO = schedule.oc_tile, schedule.ox_tile, g.oc_tiles
     or_gate_bits, accumulate = _gate_macros(shape, threshold, schedule, schedule.cin_block, MT, vector)
     N, C, H, W, M = shape.batch, shape.in_channels, shape.height, shape.width, shape.out_channels
-    Ho, Wo, kh = shape.out_height, shape.out_width, shape.kernel[0]
+    Ho, kh = shape.out_height, shape.kernel[0]
     pad_top, pad_left = shape.pads[0], shape.pads[1]
     Hp, Wp, CW = g.mask_height, g.mask_width, g.words
     blocks = -(-C // schedule.cin_block)
     stage_width = g.tiles_x * R
-    W_main, Wo_main = W // _VECTOR * _VECTOR, Wo // _VECTOR * _VECTOR  # the rest: scalar tails
+    # The output: the conv's, or its pixel shuffle's (b x b output pixels per conv pixel).
+    shuffle = depth_to_space or DepthToSpace(1)
+    b_, out_shape = shuffle.blocksize, shuffle.output_shape(shape)
+    Cs, Ws = out_shape[1], out_shape[3]
+    W_main, Ws_main = W // _VECTOR * _VECTOR, Ws // _VECTOR * _VECTOR  # the rest: scalar tails
 
     @T.prim_func(s_tir=True)
     def gated_conv(
         x: T.Buffer((N, C, H, W), "float32"),
         w: T.Buffer(packed_weight_shape(shape, schedule), "float32"),
         b: T.Buffer((M,), "float32"),
-        y: T.Buffer((N, M, Ho, Wo), "float32"),
+        y: T.Buffer(out_shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
@@ -484,15 +504,56 @@ def _sparse_cpu(
                     if not do_output:
                         y[nr // Ho, 0, nr % Ho, 0] = stage[0, 0]  # keeps the accumulation live
                     if do_output:
-                        # Channels-last row -> NCHW by 16-pixel column blocks, each block's channels in
-                        # turn, so that the strided reads stay within a few KiB of the stage.
-                        for oxo, m in T.grid(Wo_main // _VECTOR, M):
-                            for i in T.vectorized(_VECTOR):
-                                y[nr // Ho, m, nr % Ho, oxo * _VECTOR + i] = stage[oxo * _VECTOR + i, m]
-                        for m, ox in T.grid(M, Wo - Wo_main):
-                            y[nr // Ho, m, nr % Ho, Wo_main + ox] = stage[Wo_main + ox, m]
+                        # Channels-last row -> NCHW (b output rows with a pixel shuffle) by 16-pixel column
+                        # blocks, each block's channels in turn, so that the strided reads stay within a
+                        # few KiB of the stage. Output column X comes from conv pixel X // b.
+                        for oxo, c, i in T.grid(Ws_main // _VECTOR, Cs, b_):
+                            for xi in T.vectorized(_VECTOR):
+                                X = T.meta_var(oxo * _VECTOR + xi)
+                                y[nr // Ho, c, nr % Ho * b_ + i, X] = stage[
+                                    X // b_, shuffle.source_channel(Cs, c, i, X % b_)
+                                ]
+                        for c, i, X in T.grid(Cs, b_, Ws - Ws_main):
+                            y[nr // Ho, c, nr % Ho * b_ + i, Ws_main + X] = stage[
+                                (Ws_main + X) // b_, shuffle.source_channel(Cs, c, i, (Ws_main + X) % b_)
+                            ]
 
     return gated_conv
+
+
+@dataclass(frozen=True)
+class DepthToSpace:
+    """An ONNX DepthToSpace that alone reads a GatedConv's output, for the kernel to write instead.
+
+    Output ``[N, M / b^2, Ho * b, Wo * b]``; channel ``c`` at sub-pixel ``(i, j)`` comes from conv
+    channel ``(i * b + j) * M / b^2 + c`` ("DCR", ONNX's default) or ``(c * b + i) * b + j`` ("CRD")."""
+
+    blocksize: int
+    mode: str = "DCR"
+
+    def output_shape(self, shape: GatedConvShape) -> tuple[int, int, int, int]:
+        b = self.blocksize
+        return (shape.batch, shape.out_channels // (b * b), shape.out_height * b, shape.out_width * b)
+
+    def source_channel(self, channels: int, c, i, j):
+        """The conv channel that output channel ``c`` of ``channels`` takes at sub-pixel (i, j)."""
+        b = self.blocksize
+        return (i * b + j) * channels + c if self.mode == "DCR" else (c * b + i) * b + j
+
+
+def fuses_depth_to_space(shape: GatedConvShape, target: Target, depth_to_space: DepthToSpace) -> bool:
+    """Whether the kernel for ``shape`` writes ``depth_to_space``'s output itself: the CPU sparse kernel
+    does, in its output phase (the channels-last row it stages is read in the shuffled order instead
+    of the conv's); the others write the conv's output."""
+    b = depth_to_space.blocksize
+    return (
+        not _is_gpu(target)
+        and not shape.is_depthwise
+        and not few_outputs(shape, target)
+        and depth_to_space.mode in ("DCR", "CRD")
+        and b >= 1
+        and shape.out_channels % (b * b) == 0
+    )
 
 
 def few_outputs(shape: GatedConvShape, target: Target) -> bool:

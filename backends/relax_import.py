@@ -3,6 +3,9 @@
 TVM's importer has no hook for custom ops, so a subclass converts ``edgesparse::GatedConv`` itself,
 into a ``call_tir`` of the gated sparse kernel (backends/gated_conv.py) for the build's target, and
 ``Clip`` with constant bounds into Relax ops (see :func:`clip`). Everything else is TVM's own import.
+A ``DepthToSpace`` that alone reads a GatedConv (a super-resolution net's pixel shuffle) becomes part
+of the kernel where the kernel can write it (:func:`fused_depth_to_space`): TVM would otherwise read
+and write the conv's whole output once more only to shuffle it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_conver
 
 from edgesparse.backends.errors import BackendError
 from edgesparse.backends.gated_conv import (
+    DepthToSpace,
     GatedConvSchedule,
     GatedConvShape,
     default_schedule,
+    fuses_depth_to_space,
     gated_conv2d,
     pack_weight,
     workload_key,
@@ -60,9 +65,11 @@ def gated_conv(
     attrs: dict,
     target: tvm.target.Target,
     tuned_schedules: Mapping[str, GatedConvSchedule],
-) -> relax.Expr:
+    depth_to_space: DepthToSpace | None = None,
+) -> tuple[relax.Expr, bool]:
     """A ``call_tir`` of the gated sparse kernel, specialised to this conv's shapes and threshold, with
-    the tuned schedule of its workload if there is one (else the target's default)."""
+    the tuned schedule of its workload if there is one (else the target's default), and whether it
+    writes ``depth_to_space``'s output (where the kernel fuses it) instead of the conv's."""
     batch, channels, height, width = (int(dim) for dim in x.ty.shape.values)
     try:
         shape = GatedConvShape(
@@ -80,15 +87,32 @@ def gated_conv(
     except ValueError as exc:
         raise BackendError(f"{OP_TYPE}: {exc}") from None
     schedule = tuned_schedules.get(workload_key(shape, target)) or default_schedule(shape, target)
+    if depth_to_space is not None and not fuses_depth_to_space(shape, target, depth_to_space):
+        depth_to_space = None
+    function = gated_conv2d(shape, attrs["threshold"], schedule, target, depth_to_space=depth_to_space)
     # Without its own symbol the kernel gets the unique name the builder gives it, one per conv.
-    function = gated_conv2d(shape, attrs["threshold"], schedule, target).without_attr("global_symbol")
-    kernel = bb.add_func(function, "gated_conv")
-    out_type = relax.TensorType((batch, shape.out_channels, shape.out_height, shape.out_width), "float32")
-    return relax.call_tir(
+    kernel = bb.add_func(function.without_attr("global_symbol"), "gated_conv")
+    out_shape = (depth_to_space or DepthToSpace(1)).output_shape(shape)
+    call = relax.call_tir(
         kernel,
         [x, relax.const(pack_weight(weight, shape, schedule)), relax.const(bias.astype(np.float32))],
-        out_ty=out_type,
+        out_ty=relax.TensorType(out_shape, "float32"),
     )
+    return call, depth_to_space is not None
+
+
+def fused_depth_to_space(model: ir.Model) -> dict[str, tuple[DepthToSpace, str]]:
+    """GatedConv node name -> the DepthToSpace that alone reads its output, and that node's name."""
+    fused = {}
+    for node in model.graph:
+        if not is_gated_conv(node) or node.outputs[0].is_graph_output():
+            continue
+        readers = node.outputs[0].consumers()
+        if len(readers) == 1 and readers[0].op_type == "DepthToSpace" and readers[0].domain in ("", "ai.onnx"):
+            shuffle = readers[0]
+            mode = shuffle.attributes.get_string("mode", "DCR")
+            fused[node.name] = (DepthToSpace(shuffle.attributes.get_int("blocksize"), mode), shuffle.name)
+    return fused
 
 
 def clip(bb: relax.BlockBuilder, x: relax.Expr, bounds: list[relax.Expr | None]) -> relax.Expr | None:
@@ -107,11 +131,18 @@ def clip(bb: relax.BlockBuilder, x: relax.Expr, bounds: list[relax.Expr | None])
 
 class EdgesparseImporter(ONNXGraphImporter):
     def __init__(
-        self, shape_dict, dtype_dict, target: tvm.target.Target, tuned_schedules: Mapping[str, GatedConvSchedule]
+        self,
+        shape_dict,
+        dtype_dict,
+        target: tvm.target.Target,
+        tuned_schedules: Mapping[str, GatedConvSchedule],
+        depth_to_space: Mapping[str, tuple[DepthToSpace, str]],
     ):
         super().__init__(shape_dict, dtype_dict)
         self.target = target
         self.tuned_schedules = tuned_schedules
+        self.depth_to_space = depth_to_space  # fused_depth_to_space's candidates
+        self.absorbed: set[str] = set()  # DepthToSpace nodes a kernel writes already
 
     def _check_for_unsupported_ops(self, graph):
         # check_supported_ops() already ran on the onnx-ir model, naming the offending node.
@@ -130,13 +161,20 @@ class EdgesparseImporter(ONNXGraphImporter):
             ) from exc
 
     def _convert_node(self, op_name, inputs, attrs, opset):
+        name = attrs.get("tvm_custom", {}).get("name")
         if op_name == "Clip" and opset >= 11 and (clipped := clip(self.bb, inputs[0], inputs[1:3])) is not None:
             return clipped
+        if op_name == "DepthToSpace" and name in self.absorbed:
+            return inputs[0]  # the kernel before it wrote its output
         if op_name != OP_TYPE:
             return super()._convert_operator(op_name, inputs, attrs, opset)
-        attrs = {name: attrs[name] for name in ("threshold", "strides", "pads", "dilations", "group")}
+        shuffle, shuffle_name = self.depth_to_space.get(name, (None, None))
+        attrs = {key: attrs[key] for key in ("threshold", "strides", "pads", "dilations", "group")}
         weight, bias = constant_array(inputs[1], "weight"), constant_array(inputs[2], "bias")
-        return self.bb.normalize(gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target, self.tuned_schedules))
+        call, fused = gated_conv(self.bb, inputs[0], weight, bias, attrs, self.target, self.tuned_schedules, shuffle)
+        if fused:
+            self.absorbed.add(shuffle_name)
+        return self.bb.normalize(call)
 
 
 def import_to_relax(
@@ -151,6 +189,7 @@ def import_to_relax(
         {name: str(dtype) for name, _, dtype in specs},
         target,
         tuned_schedules or {},
+        fused_depth_to_space(model),
     )
     # TVM prints "Error converting operator ..." with every input's Relax text before it re-raises: the
     # BackendError raised above already names the node.

@@ -10,6 +10,8 @@ from torch import nn
 from tvm import relax
 
 from edgesparse.backends import compile_model
+from edgesparse.backends.gated_conv import DepthToSpace
+from edgesparse.backends.relax_import import fused_depth_to_space
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.frontends.featreg.gate import ThresholdGate
 from edgesparse.frontends.torch_frontend import from_torch
@@ -165,3 +167,21 @@ def test_plain_relu_nets_take_the_gated_kernel_too():
     assert len(gated_kernels(result)) == 4
     inputs = image_inputs(model, seed=3)
     assert max_relative_error(result.run(inputs)["output"], run_onnxruntime(model, inputs)["output"]) < 1e-4
+
+
+def test_a_pixel_shuffle_after_a_gated_conv_is_written_by_its_kernel(featreg_edsr):
+    """The upsampling conv's DepthToSpace: no transpose kernel of its own on the CPU, the same result."""
+    result = featreg_compile(featreg_edsr, "llvm")
+    (fused,) = fused_depth_to_space(result.optimized).values()
+    assert fused[0] == DepthToSpace(2, "CRD")  # torch.nn.PixelShuffle exports as CRD
+    kernels = [
+        gvar.name_hint for gvar, func in result.build.lowered.functions_items() if isinstance(func, tvm.tirx.PrimFunc)
+    ]
+    assert not [name for name in kernels if "transpose" in name]
+    inputs = image_inputs(featreg_edsr, seed=4)
+    assert max_relative_error(result.run(inputs)["output"], run_onnxruntime(result.optimized, inputs)["output"]) < 1e-4
+    # Read by anything else as well (here: a graph output), the conv's output stays the conv's.
+    model = result.optimized.clone()
+    shuffle = next(node for node in model.graph if node.op_type == "DepthToSpace")
+    model.graph.outputs.append(shuffle.inputs[0])
+    assert fused_depth_to_space(model) == {}

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from edgesparse.backends.gated_conv import (
+    DepthToSpace,
     GatedConvSchedule,
     GatedConvShape,
     default_schedule,
@@ -70,9 +71,14 @@ def gated_input(shape: GatedConvShape, threshold: float, sparsity: float, seed: 
 
 
 def reference(
-    shape: GatedConvShape, threshold: float, weight: np.ndarray, bias: np.ndarray, x: np.ndarray
+    shape: GatedConvShape,
+    threshold: float,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    x: np.ndarray,
+    depth_to_space: DepthToSpace | None = None,
 ) -> np.ndarray:
-    """ONNX Runtime on GatedConv's definition: Conv(Where(Greater(x, t), x, 0), W, B)."""
+    """ONNX Runtime on GatedConv's definition: Conv(Where(Greater(x, t), x, 0), W, B) [-> DepthToSpace]."""
     nodes = [
         helper.make_node("Greater", ["x", "t"], ["on"]),
         helper.make_node("Where", ["on", "x", "zero"], ["gated"]),
@@ -86,6 +92,13 @@ def reference(
             group=shape.group,
         ),
     ]
+    if depth_to_space is not None:
+        nodes[-1].output[0] = "conv"
+        nodes.append(
+            helper.make_node(
+                "DepthToSpace", ["conv"], ["y"], blocksize=depth_to_space.blocksize, mode=depth_to_space.mode
+            )
+        )
     constants = {"t": np.float32(threshold), "zero": np.float32(0), "w": weight, "b": bias}
     graph = helper.make_graph(
         nodes,
@@ -109,9 +122,11 @@ def compile_kernel(func: tvm.tirx.PrimFunc, target) -> tvm.runtime.Module:
     return tvm.compile(tvm.IRModule({"gated_conv": func.with_attr("global_symbol", "gated_conv")}), target=target)
 
 
-def run_kernel(library, shape: GatedConvShape, schedule: GatedConvSchedule, weight, bias, x, device=None) -> np.ndarray:
+def run_kernel(
+    library, shape: GatedConvShape, schedule: GatedConvSchedule, weight, bias, x, device=None, depth_to_space=None
+) -> np.ndarray:
     device = device or tvm.cpu()
-    y = np.full((shape.batch, shape.out_channels, shape.out_height, shape.out_width), np.nan, np.float32)
+    y = np.full((depth_to_space or DepthToSpace(1)).output_shape(shape), np.nan, np.float32)
     arguments = [tvm.runtime.tensor(array, device) for array in (x, pack_weight(weight, shape, schedule), bias, y)]
     library["gated_conv"](*arguments)
     return arguments[-1].numpy()
@@ -162,6 +177,43 @@ def test_every_schedule_is_exact(schedule):
     shape, threshold = GatedConvShape(1, 40, 64, 9, 19, (3, 3), pads=(1, 1, 1, 1)), 0.0
     library = compile_kernel(gated_conv2d(shape, threshold, schedule, HOST.target), HOST.target)
     check_kernel(library, shape, schedule, threshold, [0.0, 0.9])
+
+
+@pytest.mark.parametrize(
+    "shape, depth_to_space",
+    [
+        (GatedConvShape(1, 24, 64, 13, 15, (3, 3), pads=(1, 1, 1, 1)), DepthToSpace(2)),  # 30 output columns
+        (GatedConvShape(2, 13, 48, 7, 9, (3, 3), pads=(1, 1, 1, 1)), DepthToSpace(2, "CRD")),
+        (GatedConvShape(1, 40, 36, 9, 11, (1, 1)), DepthToSpace(3)),
+    ],
+    ids=str,
+)
+def test_host_kernel_writes_a_fused_depth_to_space(shape, depth_to_space):
+    schedule, threshold = default_schedule(shape, HOST.target), 0.1
+    library = compile_kernel(
+        gated_conv2d(shape, threshold, schedule, HOST.target, depth_to_space=depth_to_space), HOST.target
+    )
+    weight, bias = parameters(shape)
+    for sparsity in (0.0, 0.9):
+        x = gated_input(shape, threshold, sparsity)
+        actual = run_kernel(library, shape, schedule, weight, bias, x, depth_to_space=depth_to_space)
+        assert max_relative_error(actual, reference(shape, threshold, weight, bias, x, depth_to_space)) < 1e-4
+
+
+def test_depth_to_space_is_refused_where_the_kernel_cannot_write_it():
+    shape = GatedConvShape(1, 8, 12, 5, 5, (3, 3))
+    for target, reason_shape in (("cuda", shape), ("llvm", dataclasses.replace(shape, out_channels=4))):
+        spec = resolve_target(target)
+        with pytest.raises(ValueError, match="cannot be fused"):  # a GPU kernel; few outputs (pixel-vectorized)
+            gated_conv2d(
+                reason_shape,
+                0.0,
+                default_schedule(reason_shape, spec.target),
+                spec.target,
+                depth_to_space=DepthToSpace(2),
+            )
+    with pytest.raises(ValueError, match="cannot be fused"):  # 12 channels are not blocks of 3 x 3
+        gated_conv2d(shape, 0.0, default_schedule(shape, HOST.target), HOST.target, depth_to_space=DepthToSpace(3))
 
 
 def test_few_outputs_vectorize_over_pixels_on_cpus_only():
