@@ -316,15 +316,20 @@ def gated_conv2d(
     target: Target,
     phases: str = "all",
     depth_to_space: DepthToSpace | None = None,
+    residual: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x [N,C,H,W], weight packed by pack_weight, bias [M], y [N,M,Ho,Wo])``, all
     float32, ``y`` written by the kernel (destination-passing, as Relax ``call_tir`` calls it).
     ``phases`` (CPU group-1 kernel, for timing only): see :data:`PHASES`; anything but "all" leaves ``y``
-    partly unwritten. ``depth_to_space`` (where :func:`fuses_depth_to_space`): ``y`` is that op's output
-    instead, written by the kernel's output phase in place of the conv's."""
+    partly unwritten. Where the kernel has an output phase (:func:`has_output_phase`), one of:
+    ``depth_to_space``: ``y`` is that op's output instead of the conv's; ``residual``: the PrimFunc is
+    ``(x, weight, bias, r, y)`` and ``y = conv + r``, ONNX's Add of a skip connection ``r`` shaped like
+    the output."""
     schedule.validate(target)
     if depth_to_space is not None and not fuses_depth_to_space(shape, target, depth_to_space):
         raise ValueError(f"{depth_to_space} cannot be fused into the kernel for {shape} on {target.kind.name}")
+    if residual and (depth_to_space is not None or not has_output_phase(shape, target)):
+        raise ValueError(f"a residual add cannot be fused into the kernel for {shape} on {target.kind.name}")
     threshold = float(np.float32(threshold))
     if _is_gpu(target):
         function = (_depthwise_gpu if shape.is_depthwise else _sparse_gpu)(shape, threshold, schedule)
@@ -335,7 +340,7 @@ def gated_conv2d(
         elif few_outputs(shape, target):
             function = _few_outputs_cpu(shape, threshold, schedule, vector)
         else:
-            function = _sparse_cpu(shape, threshold, schedule, vector, phases, depth_to_space)
+            function = _sparse_cpu(shape, threshold, schedule, vector, phases, depth_to_space, residual)
     return function.with_attr(SHAPE_ATTR, json.dumps(dataclasses.asdict(shape)))
 
 
@@ -438,6 +443,7 @@ def _sparse_cpu(
     vector: int,
     phases: str = "all",
     depth_to_space: DepthToSpace | None = None,
+    residual: bool = False,
 ) -> tvm.tirx.PrimFunc:
     if phases not in PHASES:
         raise ValueError(f"phases must be one of {PHASES}, not {phases!r}")
@@ -457,14 +463,19 @@ def _sparse_cpu(
     Cs, Ws = out_shape[1], out_shape[3]
     W_main, Ws_main = W // _VECTOR * _VECTOR, Ws // _VECTOR * _VECTOR  # the rest: scalar tails
 
-    @T.prim_func(s_tir=True)
-    def gated_conv(
-        x: T.Buffer((N, C, H, W), "float32"),
-        w: T.Buffer(packed_weight_shape(shape, schedule), "float32"),
-        b: T.Buffer((M,), "float32"),
-        y: T.Buffer(out_shape, "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def output(y, r, stage, nr, c, i, X):
+        """Output (c, row i of the shuffle block, column X) of row nr: conv pixel X // b, plus the
+        residual's element where there is one (after the conv's sum, as ONNX's Add)."""
+        row: T.let = nr % Ho * b_ + i
+        if residual:
+            y[nr // Ho, c, row, X] = stage[X // b_, shuffle.source_channel(Cs, c, i, X % b_)] + r[nr // Ho, c, row, X]
+        else:
+            y[nr // Ho, c, row, X] = stage[X // b_, shuffle.source_channel(Cs, c, i, X % b_)]
+
+    @T.macro
+    def kernel(x, w, b, r, y):
+        """The kernel's body; ``r`` (with ``residual``) is added to the output."""
         with T.sblock("root"):
             mask = T.alloc_buffer((N, Hp, Wp, CW), "int64")
             # Zero the padding (and everything: the interior is overwritten next).
@@ -509,14 +520,34 @@ def _sparse_cpu(
                         # few KiB of the stage. Output column X comes from conv pixel X // b.
                         for oxo, c, i in T.grid(Ws_main // _VECTOR, Cs, b_):
                             for xi in T.vectorized(_VECTOR):
-                                X = T.meta_var(oxo * _VECTOR + xi)
-                                y[nr // Ho, c, nr % Ho * b_ + i, X] = stage[
-                                    X // b_, shuffle.source_channel(Cs, c, i, X % b_)
-                                ]
+                                output(y, r, stage, nr, c, i, oxo * _VECTOR + xi)
                         for c, i, X in T.grid(Cs, b_, Ws - Ws_main):
-                            y[nr // Ho, c, nr % Ho * b_ + i, Ws_main + X] = stage[
-                                (Ws_main + X) // b_, shuffle.source_channel(Cs, c, i, (Ws_main + X) % b_)
-                            ]
+                            output(y, r, stage, nr, c, i, Ws_main + X)
+
+    if residual:
+
+        @T.prim_func(s_tir=True)
+        def gated_conv(
+            x: T.Buffer((N, C, H, W), "float32"),
+            w: T.Buffer(packed_weight_shape(shape, schedule), "float32"),
+            b: T.Buffer((M,), "float32"),
+            r: T.Buffer(out_shape, "float32"),
+            y: T.Buffer(out_shape, "float32"),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            kernel(x, w, b, r, y)
+
+    else:
+
+        @T.prim_func(s_tir=True)
+        def gated_conv(
+            x: T.Buffer((N, C, H, W), "float32"),
+            w: T.Buffer(packed_weight_shape(shape, schedule), "float32"),
+            b: T.Buffer((M,), "float32"),
+            y: T.Buffer(out_shape, "float32"),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            kernel(x, w, b, y, y)
 
     return gated_conv
 
@@ -541,15 +572,19 @@ class DepthToSpace:
         return (i * b + j) * channels + c if self.mode == "DCR" else (c * b + i) * b + j
 
 
+def has_output_phase(shape: GatedConvShape, target: Target) -> bool:
+    """Whether the kernel for ``shape`` writes its output in a pass of its own, from the channels-last
+    row it staged: the CPU sparse kernel does. That pass can write the output shuffled
+    (``depth_to_space``) or add a skip connection to it (``residual``), sparing the op after the conv a
+    read and a write of the whole feature."""
+    return not _is_gpu(target) and not shape.is_depthwise and not few_outputs(shape, target)
+
+
 def fuses_depth_to_space(shape: GatedConvShape, target: Target, depth_to_space: DepthToSpace) -> bool:
-    """Whether the kernel for ``shape`` writes ``depth_to_space``'s output itself: the CPU sparse kernel
-    does, in its output phase (the channels-last row it stages is read in the shuffled order instead
-    of the conv's); the others write the conv's output."""
+    """Whether the kernel for ``shape`` can write ``depth_to_space``'s output instead of the conv's."""
     b = depth_to_space.blocksize
     return (
-        not _is_gpu(target)
-        and not shape.is_depthwise
-        and not few_outputs(shape, target)
+        has_output_phase(shape, target)
         and depth_to_space.mode in ("DCR", "CRD")
         and b >= 1
         and shape.out_channels % (b * b) == 0

@@ -11,7 +11,7 @@ from tvm import relax
 
 from edgesparse.backends import compile_model
 from edgesparse.backends.gated_conv import DepthToSpace
-from edgesparse.backends.relax_import import fused_depth_to_space
+from edgesparse.backends.relax_import import fusable_readers
 from edgesparse.backends.rpc import RPCAddress
 from edgesparse.frontends.featreg.gate import ThresholdGate
 from edgesparse.frontends.torch_frontend import from_torch
@@ -169,19 +169,38 @@ def test_plain_relu_nets_take_the_gated_kernel_too():
     assert max_relative_error(result.run(inputs)["output"], run_onnxruntime(model, inputs)["output"]) < 1e-4
 
 
-def test_a_pixel_shuffle_after_a_gated_conv_is_written_by_its_kernel(featreg_edsr):
-    """The upsampling conv's DepthToSpace: no transpose kernel of its own on the CPU, the same result."""
+def test_a_pixel_shuffle_or_a_residual_add_after_a_gated_conv_is_written_by_its_kernel(featreg_edsr):
+    """The upsampling conv's DepthToSpace and the residual blocks' Adds: no kernels of their own on the
+    CPU, the same result."""
     result = featreg_compile(featreg_edsr, "llvm")
-    (fused,) = fused_depth_to_space(result.optimized).values()
-    assert fused[0] == DepthToSpace(2, "CRD")  # torch.nn.PixelShuffle exports as CRD
+    readers = fusable_readers(result.optimized)
+    assert [reader.depth_to_space for reader in readers.values() if reader.depth_to_space] == [
+        DepthToSpace(2, "CRD")  # torch.nn.PixelShuffle exports as CRD
+    ]
+    residual_adds = [reader.node for reader in readers.values() if reader.residual]
+    assert len(residual_adds) >= 2
     kernels = [
         gvar.name_hint for gvar, func in result.build.lowered.functions_items() if isinstance(func, tvm.tirx.PrimFunc)
     ]
     assert not [name for name in kernels if "transpose" in name]
+    # In the built main a kernel call's arguments are its buffers, the output last: x, w, b, [r,] y.
+    with_residual = []
+    relax.analysis.post_order_visit(
+        result.build.lowered["main"].body,
+        lambda expr: (
+            isinstance(expr, relax.Call)
+            and isinstance(expr.op, tvm.ir.GlobalVar)
+            and expr.op.name_hint.startswith("gated_conv")
+            and len(expr.args) == 5
+            and with_residual.append(expr)
+        ),
+    )
+    assert len(with_residual) == len(residual_adds)
     inputs = image_inputs(featreg_edsr, seed=4)
     assert max_relative_error(result.run(inputs)["output"], run_onnxruntime(result.optimized, inputs)["output"]) < 1e-4
     # Read by anything else as well (here: a graph output), the conv's output stays the conv's.
     model = result.optimized.clone()
-    shuffle = next(node for node in model.graph if node.op_type == "DepthToSpace")
-    model.graph.outputs.append(shuffle.inputs[0])
-    assert fused_depth_to_space(model) == {}
+    for node in model.graph:
+        if node.name in readers:
+            model.graph.outputs.append(node.outputs[0])
+    assert fusable_readers(model) == {}

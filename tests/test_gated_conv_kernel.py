@@ -200,7 +200,21 @@ def test_host_kernel_writes_a_fused_depth_to_space(shape, depth_to_space):
         assert max_relative_error(actual, reference(shape, threshold, weight, bias, x, depth_to_space)) < 1e-4
 
 
-def test_depth_to_space_is_refused_where_the_kernel_cannot_write_it():
+def test_host_kernel_adds_a_fused_residual():
+    shape, threshold = GatedConvShape(2, 13, 40, 7, 21, (3, 3), pads=(1, 1, 1, 1)), 0.0
+    schedule = default_schedule(shape, HOST.target)
+    library = compile_kernel(gated_conv2d(shape, threshold, schedule, HOST.target, residual=True), HOST.target)
+    weight, bias = parameters(shape)
+    x = gated_input(shape, threshold, 0.9)
+    skip = np.random.default_rng(2).standard_normal((2, 40, 7, 21)).astype(np.float32)
+    y = np.full_like(skip, np.nan)
+    arguments = [tvm.runtime.tensor(array) for array in (x, pack_weight(weight, shape, schedule), bias, skip, y)]
+    library["gated_conv"](*arguments)
+    expected = reference(shape, threshold, weight, bias, x) + skip  # ONNX's Add after the conv
+    assert max_relative_error(arguments[-1].numpy(), expected) < 1e-4
+
+
+def test_fusions_are_refused_where_the_kernel_cannot_write_them():
     shape = GatedConvShape(1, 8, 12, 5, 5, (3, 3))
     for target, reason_shape in (("cuda", shape), ("llvm", dataclasses.replace(shape, out_channels=4))):
         spec = resolve_target(target)
@@ -214,6 +228,13 @@ def test_depth_to_space_is_refused_where_the_kernel_cannot_write_it():
             )
     with pytest.raises(ValueError, match="cannot be fused"):  # 12 channels are not blocks of 3 x 3
         gated_conv2d(shape, 0.0, default_schedule(shape, HOST.target), HOST.target, depth_to_space=DepthToSpace(3))
+    cuda = resolve_target("cuda").target
+    with pytest.raises(ValueError, match="residual add cannot be fused"):  # GPU kernels write the conv only
+        gated_conv2d(shape, 0.0, default_schedule(shape, cuda), cuda, residual=True)
+    with pytest.raises(ValueError, match="residual add cannot be fused"):  # one epilogue at a time
+        gated_conv2d(
+            shape, 0.0, default_schedule(shape, HOST.target), HOST.target, depth_to_space=DepthToSpace(2), residual=True
+        )
 
 
 def test_few_outputs_vectorize_over_pixels_on_cpus_only():
