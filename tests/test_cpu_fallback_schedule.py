@@ -6,7 +6,9 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 from tvm.s_tir import dlight
+from tvm.s_tir.schedule import ScheduleError
 
+from edgesparse.backends import cpu_fallback_schedule
 from edgesparse.backends.compiler import compile_model
 from edgesparse.backends.cpu_fallback_schedule import ParallelFallback
 from edgesparse.backends.gated_conv import shape_of
@@ -62,3 +64,15 @@ def test_gated_kernels_are_left_as_written_and_the_build_matches_onnxruntime():
         )
         < 1e-4
     )
+
+
+def test_a_kernel_whose_loops_refuse_a_step_keeps_its_serial_loops(monkeypatch):
+    def refuse(*_):
+        raise ScheduleError("the loops cannot be reordered")
+
+    monkeypatch.setattr(cpu_fallback_schedule, "_parallelize", refuse)
+    with HOST.target:
+        fused = fuse(import_to_relax(sr_model(), HOST.target), HOST)
+        untouched = dlight.ApplyDefaultSchedule(ParallelFallback())(fused)
+    for name, func in primfuncs(untouched).items():
+        assert "tirx.is_scheduled" not in func.attrs and "T.parallel" not in func.script(), name
