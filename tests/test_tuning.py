@@ -270,7 +270,16 @@ def test_a_task_new_to_a_resumed_database_catches_up_with_its_share_of_all_trial
 
 @pytest.mark.tuning
 def test_failed_candidates_count_as_failed_and_are_never_applied(monkeypatch, tmp_path):
-    monkeypatch.setattr(tuning, "BUILD_TIMEOUT_S", 0.001)  # every build times out
+    make_builder = tuning.make_builder
+
+    def builder_whose_builds_time_out(spec):
+        # Set after the constructor: its sanity check of the workers runs under the same timeout, and
+        # on a loaded host a worker can take more than 1 ms to answer it.
+        builder = make_builder(spec)
+        builder.timeout_sec = 0.001
+        return builder
+
+    monkeypatch.setattr(tuning, "make_builder", builder_whose_builds_time_out)
     model = conv_net(1)
     summary = tune(model, resolve_target("llvm"), tmp_path / "tuning", trials=2)  # a trial per task
     assert (summary.measured, summary.failed) == (2, 2) and all(task.best_ms is None for task in summary.tasks)
