@@ -15,11 +15,13 @@ resumes with any number of them (the global batch divisible by it).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 from edgesparse.frontends.checkpoints import save_checkpoint
 from edgesparse.frontends.errors import FrontendError
@@ -71,21 +73,86 @@ def wrap(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def local_slice(batch: torch.Tensor) -> torch.Tensor:
-    """This process's contiguous share of a global batch (dimension 0), all shares of one size."""
+def local_slice(batch: torch.Tensor, even: bool = True) -> torch.Tensor:
+    """This process's contiguous share of a global batch (dimension 0): all shares of one size (``even``,
+    so that the mean of the processes' batch means is the global batch's), else as near as can be."""
     size = world_size()
+    if not even:
+        return torch.tensor_split(batch, size)[rank()]
     if batch.shape[0] % size:
         raise FrontendError(f"a global batch of {batch.shape[0]} does not split evenly over {size} processes")
     share = batch.shape[0] // size
     return batch[rank() * share : (rank() + 1) * share]
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over the processes (in place, and returned)."""
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over the processes (in place, and returned)."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= world_size()
     return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over the processes (in place, and returned)."""
+    return all_reduce_sum(tensor).div_(world_size())
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Every gradient averaged over the processes, in place: what :func:`wrap`'s DDP does, for a training
+    step DDP cannot wrap (ADMP's runs two forwards and two backward passes, each restricted to some of the
+    parameters with ``inputs=``; DDP expects one of each). Gradients are None on every process or on none."""
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not is_distributed() or not grads:
+        return
+    flat = all_reduce_mean(torch.cat([grad.reshape(-1) for grad in grads]))
+    for grad, averaged in zip(grads, flat.split([grad.numel() for grad in grads])):
+        grad.copy_(averaged.view_as(grad))
+
+
+class SyncedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training batch statistics are those of the global batch (every process's share),
+    so that N processes train as one does. torch's ``SyncBatchNorm`` does this on GPUs only (its
+    ``batch_norm_stats`` has no CPU kernel), and its ``convert_sync_batchnorm`` makes new modules, dropping
+    the forward hooks (ADMP's masks) of the old ones; :func:`sync_batchnorm` swaps the class in place.
+    The statistics go through ``torch.distributed.nn``'s all_reduce, whose backward sums the gradients, in
+    two passes (mean, then the mean squared deviation) for the precision of ``F.batch_norm``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
+        mean = differentiable_all_reduce(x.sum(dims)) / count
+        centred = x - mean.view(1, -1, *[1] * (x.dim() - 2))
+        variance = differentiable_all_reduce(centred.square().sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(variance * count / (count - 1), momentum)
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        y = centred * torch.rsqrt(variance + self.eps).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def replicate(model: nn.Module) -> nn.Module:
+    """``model`` with rank 0's parameters and buffers on every process (as DDP does when it wraps one), for
+    a loop that averages gradients itself (:func:`average_gradients`); unchanged in one process."""
+    if is_distributed():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    return model
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm2d a :class:`SyncedBatchNorm2d` (in place; parameters, buffers,
+    hooks and names kept), when several processes train it; unchanged in one process."""
+    if is_distributed():
+        for module in model.modules():
+            if type(module) is nn.BatchNorm2d:
+                module.__class__ = SyncedBatchNorm2d
+    return model
 
 
 def all_gather_cat(values: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,17 @@
     python tools/train_admp.py --source sklearn-digits --target mnist --ratio 0.5 --no-adversarial -o build/admp/abl/
     python tools/train_admp.py --model mobilenet_v2 --weights imagenet --size 32 --source mnist --target mnist-m \
         --ratio 0.6 -o build/admp/mbv2/
+    torchrun --nproc-per-node 2 tools/train_admp.py --model resnet18 --size 32 --source mnist --target mnist-m \
+        --device cuda -o build/admp/r18/
     python tools/compile.py build/admp/run/student.onnx --target arm_cpu --passes default,strip-channels -o build/arm/
 
 Writes student.onnx (the ADMP student, hard masks as per-channel Mul constants for strip-channels),
 teacher.onnx (the unpruned adapted teacher) and metrics.json (target accuracy of source_only, teacher,
 prune_then_adapt and admp; kept_channel_ratio). Every stage is checkpointed in the output directory
 (the source model and teacher in --shared-dir, if given): run the same command again to resume.
+Under torchrun every process trains on its share of each global batch (--batch-size, which the number
+of processes must divide), with BatchNorm statistics over the global batch, so N processes train as one
+does (CPU or one GPU each); a checkpoint resumes with any number of them. Rank 0 writes the files.
 Domains: mnist, mnist-m (MNIST blended with photos; needs `make data`), opencv-digits (needs `make data`),
 sklearn-digits. --model: the project's residual-cnn, torchvision's resnet18 or mobilenet_v2 (kept in
 edgesparse.frontends.admp.backbones with torchvision's parameter names), or your own FILE.py:NAME.
@@ -26,6 +31,7 @@ import typing
 import torch
 from _cli import run_main
 
+from edgesparse.frontends import distributed
 from edgesparse.frontends.admp.experiments.run import METHODS, Config, Experiment
 from edgesparse.passes import EdgesparseError
 
@@ -96,6 +102,10 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EdgesparseError(f"--device {args.device}: this torch build has no CUDA device")
     metrics = Experiment(config, args.output, args.shared_dir, device=device).run()
+    main_process = distributed.is_main()
+    distributed.shutdown()
+    if not main_process:
+        return 0
     print(
         f"{config.source} -> {config.target}, {config.ratio:.0%} of the channels pruned (kept "
         f"{metrics['kept_channel_ratio']:.1%})"

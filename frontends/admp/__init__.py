@@ -43,6 +43,10 @@ like the teacher under that fixed mask, for as many epochs as ADMP trains its st
 images get a random affine jitter (``augment``) in every stage. Exported students carry their hard masks as per-channel
 ``Mul`` constants after each conv (BatchNorm is folded into the conv at export), which the
 ``strip-channels`` pass removes.
+
+Data-parallel under ``torchrun`` (:mod:`edgesparse.frontends.distributed`): each process trains on its share
+of the global batch, with gradients, BatchNorm statistics, balanced pseudo-label counts and the worse mask
+taken over the global batch, so that N processes train as one does.
 """
 
 from edgesparse.frontends.admp.api import FitResult, export, fit

@@ -15,6 +15,7 @@ import onnx_ir as ir
 import torch
 from torch.nn.functional import cross_entropy
 
+from edgesparse.frontends import distributed
 from edgesparse.frontends.admp.admm import ADMM, keep_count, project_top_k
 from edgesparse.frontends.admp.export import export_model
 from edgesparse.frontends.admp.groups import attach_masks, group_magnitudes, mask_groups
@@ -160,7 +161,10 @@ class Experiment:
         data: Data,
         device: str = "cpu",
     ):
-        self.config, self.out_dir, self.device = config, Path(out_dir), torch.device(device)
+        distributed.init_from_env(device)
+        if config.mmd and distributed.world_size() > 1:
+            raise FrontendError("mmd: the MMD term compares whole batches; it has no data-parallel form here")
+        self.config, self.out_dir, self.device = config, Path(out_dir), distributed.local_device(device)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else self.out_dir
         if net is None:
             torch.manual_seed(config.seed)
@@ -192,11 +196,13 @@ class Experiment:
         )
 
     def _pairs(self):
-        """(source batch, target batch indices) over one pass of the target images."""
+        """(source batch, target batch indices) over one pass of the target images: this process's share of
+        the global batch (every process draws the same ones, see edgesparse.frontends.distributed)."""
         data, size = self.data, self.config.batch_size
         for target_index in batches(len(data.target_x), size):
             source_index = torch.randint(len(data.source_x), (len(target_index),))
-            yield self._source_images(source_index), data.source_y[source_index], target_index
+            source_x, source_y = self._source_images(source_index), data.source_y[source_index]
+            yield tuple(map(distributed.local_slice, (source_x, source_y, target_index)))
 
     def _source_images(self, index: torch.Tensor) -> torch.Tensor:
         images = self.data.source_x[index]
@@ -226,9 +232,11 @@ class Experiment:
     def _source_epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         model.train()
         for index in batches(len(self.data.source_x), self.config.batch_size):
-            loss = cross_entropy(model(self._source_images(index)), self.data.source_y[index])
+            images, labels = self._source_images(index), self.data.source_y[index]
+            loss = cross_entropy(model(distributed.local_slice(images)), distributed.local_slice(labels))
             optimizer.zero_grad()
             loss.backward()
+            distributed.average_gradients(model.parameters())
             optimizer.step()
         return {"loss": loss.item()}
 
@@ -253,6 +261,7 @@ class Experiment:
             loss = self._objective(model, source_x, source_y, self.data.target_x[index], labeller[index], distill=False)
             optimizer.zero_grad()
             loss.backward()
+            distributed.average_gradients(model.parameters())
             optimizer.step()
         return {"loss": loss.item(), "balance": balance}
 
@@ -281,13 +290,16 @@ class Experiment:
                         teacher_logits[index],
                         distill=config.distill,
                     )
-            worst = torch.stack(list(losses.values()))
-            weight_loss = worst.max() if config.adversarial else worst.sum()
+            stacked = torch.stack(list(losses.values()))
+            # The worse mask on the global batch (the processes' mean losses), the same on every process.
+            worst = distributed.all_reduce_mean(stacked.detach().clone()).argmax()
+            weight_loss = stacked[worst] if config.adversarial else stacked.sum()
             optimizer.zero_grad()
             weight_loss.backward(inputs=weights, retain_graph=soft)
             if soft:
                 # The soft mask learns from its own loss, whichever mask the weights are fighting.
                 (losses["soft"] + admm.penalty()).backward(inputs=masks)
+            distributed.average_gradients(student.parameters())
             optimizer.step()
             if soft and (step + 1) % config.admm_every == 0:
                 admm.step()
@@ -299,7 +311,7 @@ class Experiment:
     # ------------------------------------------------------------------------ the four models
     def source_only(self) -> torch.nn.Module:
         torch.manual_seed(self.config.seed)
-        model = copy.deepcopy(self.net)
+        model = distributed.replicate(distributed.sync_batchnorm(copy.deepcopy(self.net)))
         set_mode(model, "off")
         optimizer = self._optimizer(model)
         run_stage(
@@ -388,9 +400,11 @@ class Experiment:
             },
             "config": self.config.as_dict(),
         }
-        ir.save(export_model(teacher, self.example, masked=False), self.out_dir / "teacher.onnx")
-        ir.save(export_model(models["admp"], self.example, masked=True), self.out_dir / "student.onnx")
-        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if distributed.is_main():
+            ir.save(export_model(teacher, self.example, masked=False), self.out_dir / "teacher.onnx")
+            ir.save(export_model(models["admp"], self.example, masked=True), self.out_dir / "student.onnx")
+            (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        distributed.barrier()
         self.models = models
         return metrics
 
@@ -412,7 +426,8 @@ class CollapseGuard:
 
 
 def _claim(path: Path, settings: dict) -> None:
-    """Checkpoints in a directory belong to one configuration: a run with another one is refused."""
+    """Checkpoints in a directory belong to one configuration: a run with another one is refused (by every
+    process, before rank 0 writes the claim)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stored = json.loads(path.read_text()) if path.exists() else settings
     # A setting added since the run was written: the run had its default.
@@ -421,4 +436,7 @@ def _claim(path: Path, settings: dict) -> None:
         raise FrontendError(
             f"{path.parent} holds a run with other settings ({path.name}): use another output directory"
         )
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    distributed.barrier()
+    if distributed.is_main():
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+    distributed.barrier()

@@ -7,6 +7,8 @@ import math
 import torch
 from torch.nn.functional import cross_entropy, kl_div, log_softmax, softmax
 
+from edgesparse.frontends import distributed
+
 
 def distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``; T^2 keeps gradients at the scale of CE."""
@@ -20,13 +22,16 @@ def pseudo_label(
     """CE on the labeller's arg-max where its confidence reaches ``threshold``, averaged over the batch
     (so few confident images weigh little). ``balanced``: each class present among the confident labels
     weighs the same in total (a class the labeller over-predicts cannot pull every image towards it:
-    the self-reinforcing step of a collapse)."""
+    the self-reinforcing step of a collapse); the classes are counted over the global batch when several
+    processes share it (:mod:`edgesparse.frontends.distributed`)."""
     confidence, labels = softmax(labeller_logits.detach(), dim=1).max(dim=1)
     weight = (confidence >= threshold).float()
-    if balanced and weight.any():
+    if balanced:
         counts = torch.zeros(logits.shape[1], device=logits.device).index_add_(0, labels, weight)
-        present = (counts > 0).sum()
-        weight = weight * weight.sum() / (present * counts[labels].clamp_min(1))
+        counts = distributed.all_reduce_sum(counts)
+        if counts.any():
+            present = (counts > 0).sum()
+            weight = weight * counts.sum() / (present * counts[labels].clamp_min(1))
     return (cross_entropy(logits, labels, reduction="none") * weight).mean()
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.nn.functional import affine_grid, grid_sample
 from tqdm import trange
 
-from edgesparse.frontends.checkpoints import save_checkpoint
+from edgesparse.frontends import distributed
 
 
 class Stateful(Protocol):
@@ -34,14 +34,16 @@ def run_stage(
             item.load_state_dict(checkpoint[key])
         torch.set_rng_state(checkpoint["rng"])
         done = checkpoint["epoch"]
-    progress = trange(done, epochs, initial=done, total=epochs, desc=path.stem, leave=False)
+    progress = trange(
+        done, epochs, initial=done, total=epochs, desc=path.stem, leave=False, disable=not distributed.is_main()
+    )
     for epoch in progress:
         progress.set_postfix(train_epoch(epoch))
         checkpoint = {key: item.state_dict() for key, item in state.items()} | {
             "epoch": epoch + 1,
             "rng": torch.get_rng_state(),
         }
-        save_checkpoint(checkpoint, path)
+        distributed.save_on_main(checkpoint, path)
 
 
 def batches(count: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -68,14 +70,15 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 @torch.no_grad()
 def recompute_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
-    """AdaBN: BatchNorm running statistics re-estimated on ``images`` (a cumulative average)."""
+    """AdaBN: BatchNorm running statistics re-estimated on ``images`` (a cumulative average); each process
+    reads its share of every batch when several do (their BatchNorm is synced)."""
     norms = [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None
     model.train()
     for start in range(0, len(images), batch_size):
-        model(images[start : start + batch_size])
+        model(distributed.local_slice(images[start : start + batch_size], even=False))
     for norm in norms:
         norm.momentum = 0.1
     model.eval()
