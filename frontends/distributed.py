@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+from torch.distributed import _functional_collectives as functional_collectives
 
 from edgesparse.frontends.checkpoints import save_checkpoint
 from edgesparse.frontends.errors import FrontendError
@@ -114,17 +114,17 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
     so that N processes train as one does. torch's ``SyncBatchNorm`` does this on GPUs only (its
     ``batch_norm_stats`` has no CPU kernel), and its ``convert_sync_batchnorm`` makes new modules, dropping
     the forward hooks (ADMP's masks) of the old ones; :func:`sync_batchnorm` swaps the class in place.
-    The statistics go through ``torch.distributed.nn``'s all_reduce, whose backward sums the gradients, in
-    two passes (mean, then the mean squared deviation) for the precision of ``F.batch_norm``'s."""
+    The statistics are summed by :func:`_summed`, in two passes (the mean, then the mean squared
+    deviation) for the precision of ``F.batch_norm``'s one."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-        mean = differentiable_all_reduce(x.sum(dims)) / count
+        mean = _summed(x.sum(dims)) / count
         centred = x - mean.view(1, -1, *[1] * (x.dim() - 2))
-        variance = differentiable_all_reduce(centred.square().sum(dims)) / count
+        variance = _summed(centred.square().sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -143,6 +143,12 @@ def replicate(model: nn.Module) -> nn.Module:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
     return model
+
+
+def _summed(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over the processes, differentiable: torch's functional all_reduce (the replacement for the
+    deprecated ``torch.distributed.nn.functional``), whose backward sums the gradients over the processes."""
+    return functional_collectives.wait_tensor(functional_collectives.all_reduce(tensor, "sum", dist.group.WORLD))
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
