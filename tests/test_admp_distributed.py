@@ -28,16 +28,34 @@ def train(out_dir: Path, processes: int) -> dict:
     return torch.load(out_dir / "result.pt", weights_only=False)
 
 
-@pytest.mark.training
-def test_two_processes_train_every_model_as_one_does(tmp_path):
-    one, two = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
-    assert one["models"].keys() == two["models"].keys() == {"source_only", "teacher", "prune_then_adapt", "admp"}
+def assert_same_models(one: dict, other: dict) -> None:
+    assert one["models"].keys() == other["models"].keys() == {"source_only", "teacher", "prune_then_adapt", "admp"}
     for method, state in one["models"].items():
         for name, value in state.items():
             if value.is_floating_point():
-                assert torch.allclose(value, two["models"][method][name], rtol=1e-4, atol=1e-5), (method, name)
+                assert torch.allclose(value, other["models"][method][name], rtol=1e-4, atol=1e-5), (method, name)
             else:
-                assert torch.equal(value, two["models"][method][name]), (method, name)
-    assert one["metrics"]["target_acc"] == two["metrics"]["target_acc"]
-    assert one["metrics"]["kept_channel_ratio"] == two["metrics"]["kept_channel_ratio"] < 1
-    assert not (tmp_path / "two" / "source.ckpt.tmp").exists()
+                assert torch.equal(value, other["models"][method][name]), (method, name)
+    assert one["metrics"]["target_acc"] == other["metrics"]["target_acc"]
+    assert one["metrics"]["kept_channel_ratio"] == other["metrics"]["kept_channel_ratio"] < 1
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("one"), 1)
+
+
+@pytest.mark.training
+def test_two_processes_train_every_model_as_one_does(tmp_path, one_process):
+    assert_same_models(one_process, train(tmp_path, 2))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.training
+def test_checkpoints_of_two_processes_resume_in_one(tmp_path, one_process):
+    train(tmp_path, 2)
+    for name in ("admp.ckpt", "prune_then_adapt.ckpt", "result.pt"):
+        (tmp_path / name).unlink()  # the source model and the teacher stay: the run resumes after them
+    written = {name: (tmp_path / name).stat().st_mtime_ns for name in ("source.ckpt", "teacher.ckpt")}
+    assert_same_models(one_process, train(tmp_path, 1))
+    assert written == {name: (tmp_path / name).stat().st_mtime_ns for name in written}  # read, not retrained
