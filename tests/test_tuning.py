@@ -330,8 +330,8 @@ def test_gated_kernels_are_tuned_by_their_knobs_and_builds_take_the_fastest(monk
     monkeypatch.setattr(
         relax_import,
         "gated_conv2d",
-        lambda shape, threshold, schedule, target: (
-            built_with.append(schedule) or make_kernel(shape, threshold, schedule, target)
+        lambda shape, threshold, schedule, target, **fused: (
+            built_with.append(schedule) or make_kernel(shape, threshold, schedule, target, **fused)
         ),
     )
     tuned = compile_model(model, "llvm", passes="default,featreg", tuning_db=tmp_path / "tuning")
