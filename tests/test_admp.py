@@ -172,6 +172,18 @@ def test_cli_trains_exports_and_resumes(tmp_path):
     assert recoloured.returncode == 2 and "holds a run with other settings" in recoloured.stderr
 
 
+def test_cli_round_to_keeps_a_multiple_of_n_channels_in_every_mask(tmp_path):
+    args = ["--source", "mnist", "--target", "sklearn-digits", "--ratio", "0.6", "--round-to", "4", "-o", tmp_path]
+    args += ["--source-limit", "200", "--target-limit", "200", "--width", "8"]
+    result = run_tool("train_admp", *args, "--epochs", "1", "--admp-epochs", "1", "--finetune-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    graph = ir.load(tmp_path / "student.onnx").graph
+    masks = [operands[1].const_value.numpy() for node in graph if (operands := mask_operands(node))]
+    kept = {(mask.size, int(mask.sum())) for mask in masks}
+    # 8 and 16 channels at 60% pruned keep 3 and 6 unrounded
+    assert kept == {(8, 4), (16, 8)} and [keep_count(n, 0.6) for n in (8, 16)] == [3, 6]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -181,6 +193,7 @@ def test_cli_trains_exports_and_resumes(tmp_path):
         (["--source", "mnist", "--target", "mnist"], "pick two different domains"),
         (["--source", "mnist", "--target", "sklearn-digits", "--test-fraction", "1.5"], "test_fraction 1.5"),
         (["--source", "mnist", "--target", "sklearn-digits", "--source-limit", "0"], "source_limit must be at least 1"),
+        (["--source", "mnist", "--target", "sklearn-digits", "--round-to", "0"], "round_to must be at least 1"),
         (["--source", "mnist", "--target", "sklearn-digits", "--model", "nowhere.py:Net"], "no such file nowhere.py"),
         (["--source", "mnist", "--target", "sklearn-digits", "--device", "cuda"], "--device cuda"),
     ],

@@ -16,6 +16,7 @@ from edgesparse.frontends.admp.experiments.nets import mobilenet_v2_imagenet_wei
 from edgesparse.frontends.admp.groups import mask_groups
 from edgesparse.frontends.admp.losses import class_balance, pseudo_label
 from edgesparse.frontends.admp.masks import set_mode
+from edgesparse.frontends.errors import FrontendError
 from edgesparse.passes import run_pipeline
 from edgesparse.passes.channel_deps import analyze_channels
 from edgesparse.passes.channel_masks import mask_operands
@@ -188,3 +189,11 @@ def test_backbone_fit_export_strip_runs_on_the_arm_device(name, tmp_path, emulat
 def test_round_to_keeps_a_multiple_of_n_channels():
     assert [keep_count(64, 0.6, n) for n in (1, 8, 16)] == [26, 24, 32]
     assert keep_count(8, 0.9, 4) == 4 and keep_count(3, 0.5, 8) == 3  # never none; all when fewer than N
+
+
+def test_fit_refuses_a_round_to_other_than_the_masks_attached_with(tmp_path):
+    net = TwoStageNet()
+    admp.attach_masks(net, torch.zeros(1, 3, SIZE, SIZE), round_to=2)
+    images = torch.rand(8, 3, SIZE, SIZE)
+    with pytest.raises(FrontendError, match="attached with round_to 2"):
+        admp.fit(net, source=(images, torch.zeros(8, dtype=torch.long)), target=images, out_dir=tmp_path, round_to=4)

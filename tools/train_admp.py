@@ -46,6 +46,8 @@ HELP = {
     "model": "the net: residual-cnn (default), resnet18, mobilenet_v2 (torchvision's) or FILE.py:NAME",
     "weights": "a state dict loaded strictly into --model before its head is sized (imagenet: MobileNetV2's)",
     "recolour": "give the labelled source images random colours (a grayscale source for an RGB target)",
+    "round_to": "every channel group keeps a multiple of this many channels (widths vectorized kernels like; "
+    "default 1)",
     "collapse": "stop self-training, one epoch rolled back, when the target's class balance falls below this "
     "fraction of the source model's (0: never)",
 }

@@ -43,6 +43,7 @@ class Config:
     model: str = "residual-cnn"  # or resnet18, mobilenet_v2, FILE.py:NAME (backbones.load_net)
     weights: str | None = None  # a state dict for --model (imagenet: MobileNetV2's ImageNet weights)
     ratio: float = 0.6  # fraction of the channels of every mask group pruned
+    round_to: int = 1  # every hard mask keeps a multiple of this many channels (attach_masks)
     size: int = 16
     width: int = 32
     source_limit: int | None = 3000
@@ -107,7 +108,7 @@ class Config:
             )
         if not (self.soft_mask or self.hard_mask):
             raise FrontendError("ADMP needs the soft mask, the hard mask or both")
-        for name in ("size", "width", "epochs", "batch_size", "admm_every"):
+        for name in ("size", "width", "epochs", "batch_size", "admm_every", "round_to"):
             if getattr(self, name) < 1:
                 raise FrontendError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("source_limit", "target_limit"):
@@ -180,9 +181,15 @@ class Experiment:
         self.data = data.to(self.device, first_conv.in_channels)
         self.example = torch.zeros(1, *self.data.source_x.shape[1:])
         if not hasattr(net, "admp_masks"):
-            attach_masks(net, self.example)
+            attach_masks(net, self.example, round_to=config.round_to)
         if not mask_groups(net):
             raise FrontendError(f"{type(net).__name__} has no channel group that can be masked")
+        attached = {mask.round_to for mask in mask_groups(net).values()}
+        if config.round_to != 1 and attached != {config.round_to}:
+            raise FrontendError(
+                f"round_to {config.round_to}: the net's masks were attached with round_to "
+                f"{', '.join(map(str, sorted(attached)))}; pass it to attach_masks instead"
+            )
         self.net = net.to(self.device)
         _claim(self.out_dir / "config.json", config.as_dict())
         _claim(self.shared_dir / "shared.json", config.as_dict(Config.SHARED))
