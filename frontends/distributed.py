@@ -120,10 +120,10 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
             return super().forward(x)
-        dims = [0, *range(2, x.dim())]
+        dims, shape = [0, *range(2, x.dim())], (1, -1, *[1] * (x.dim() - 2))
         count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = _summed(x.sum(dims)) / count
-        centred = x - mean.view(1, -1, *[1] * (x.dim() - 2))
+        centred = x - mean.view(shape)
         variance = _summed(centred.square().sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
@@ -131,7 +131,6 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
                 momentum = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(mean, momentum)
                 self.running_var.lerp_(variance * count / (count - 1), momentum)
-        shape = (1, -1, *[1] * (x.dim() - 2))
         y = centred * torch.rsqrt(variance + self.eps).view(shape)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
@@ -187,6 +186,9 @@ def save_on_main(state: dict, path: Path) -> None:
     barrier()
 
 
-def shutdown() -> None:
+def shutdown() -> bool:
+    """Leaves the process group; True on the process that reports the run (rank 0, or the only one)."""
+    main = is_main()
     if is_distributed():
         dist.destroy_process_group()
+    return main

@@ -104,9 +104,7 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EdgesparseError(f"--device {args.device}: this torch build has no CUDA device")
     metrics = Experiment(config, args.output, args.shared_dir, device=device).run()
-    main_process = distributed.is_main()
-    distributed.shutdown()
-    if not main_process:
+    if not distributed.shutdown():
         return 0
     print(
         f"{config.source} -> {config.target}, {config.ratio:.0%} of the channels pruned (kept "

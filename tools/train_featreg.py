@@ -212,9 +212,7 @@ def main() -> int:
         device_check=None if args.skip_tvm else tvm_check,
         extra_metrics={"args": {key: str(value) for key, value in vars(args).items()}},
     )
-    main_process = distributed.is_main()
-    distributed.shutdown()
-    if not main_process:
+    if not distributed.shutdown():
         return 0
     print(
         json.dumps(

@@ -298,9 +298,11 @@ class Experiment:
                         distill=config.distill,
                     )
             stacked = torch.stack(list(losses.values()))
-            # The worse mask on the global batch (the processes' mean losses), the same on every process.
-            worst = distributed.all_reduce_mean(stacked.detach().clone()).argmax()
-            weight_loss = stacked[worst] if config.adversarial else stacked.sum()
+            if config.adversarial:
+                # The worse mask on the global batch (the processes' mean losses), the same on every process.
+                weight_loss = stacked[distributed.all_reduce_mean(stacked.detach().clone()).argmax()]
+            else:
+                weight_loss = stacked.sum()
             optimizer.zero_grad()
             weight_loss.backward(inputs=weights, retain_graph=soft)
             if soft:
